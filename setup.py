@@ -16,7 +16,6 @@ setup(
         ('share/' + PACKAGE + '/config', glob('config/*.yaml')),
         ('share/' + PACKAGE + '/config/train', glob('config/train/*.yaml')),
     ],
-    package_data={PACKAGE: ['config/*.yaml']},
     python_requires='>=3.10',
     install_requires=[
         'setuptools',
