@@ -1,0 +1,220 @@
+"""MicKey backend: metric relative pose from two RGB images (no depth sensor).
+
+Per frame: resize to the processing size (intrinsics rescaled), MicKey extractor (backbone + heads; cached for
+the reference), dual-softmax matching, S sets of n correspondences drawn from the final scores with probability
+proportional to value (seeded), back-projection with the predicted metric depths, then the shared Procrustes
+RANSAC solver (:mod:`relpose_ros.solver`).
+
+Confidence published to ROS: ``min(1, soft_inliers / samples_per_set)``, the soft inlier count at
+``inlier_threshold`` (0.15 m) of the final pose over the winning set of ``samples_per_set`` (2048) sampled
+correspondences, i.e. the (soft) inlier fraction; the raw soft inlier count (MicKey's confidence, used for
+Map-free submissions) is ``PoseEstimate.score``.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from ..errors import ConfigError, FrameError
+from ..geometry import resize_intrinsics
+from ..models.mickey.model import MIN_PATCHES, KeypointFeatures, MickeyConfig, MickeyModel
+from ..solver import SolverConfig, solve
+from ..types import Frame, PoseEstimate
+from .base import Estimator, Reference, StageTimer
+
+PATCH = 14
+
+
+class MickeyEstimator(Estimator):
+    """MicKey with a cached reference. ``model`` may be injected (tests, benchmarks); otherwise the official
+    files ``checkpoint`` and ``dinov2_weights`` are loaded (strict check) at construction."""
+
+    name = 'mickey'
+    depth_usage = 'none'
+    default_config: dict[str, Any] = {
+        'checkpoint': '',              # MicKey Lightning checkpoint (e.g. mickey.ckpt), local path
+        'dinov2_weights': '',          # DINOv2 ViT-L/14 checkpoint (dinov2_vitl14_pretrain.pth), local path
+        'backbone': 'vitl14',          # 'vitl14' (official) or 'vits14' (small, for own training)
+        'image_size': [720, 540],      # processing size [long side, short side] px, follows the input's
+                                       # orientation; [] = native size
+        'backbone_fp16': 'auto',       # float16 autocast of the backbone on CUDA: 'auto' (on with CUDA), true, false
+        'num_sample_sets': 20,         # outer RANSAC iterations (sets of sampled correspondences)
+        'samples_per_set': 2048,       # correspondences drawn per set from the final scores
+        'hypotheses_per_set': 100,     # minimal-set hypotheses per set
+        'score_threshold': 0.3,        # m, soft-inlier threshold for scoring hypotheses
+        'inlier_threshold': 0.15,      # m, refinement / confidence / inlier threshold
+        'max_refinements': 4,
+        'min_triplet_cond': 1e-3,      # reject (near-)degenerate minimal sets
+        'min_inliers': 5,              # fewer hard inliers: ok = False
+        'min_image_std': 2.0,          # grey-level std (0-255) below this: textureless, ok = False
+        'max_principal_offset': 0.2,   # |cx/W - 0.5|, |cy/H - 0.5| above this: intrinsics do not match the image
+        'seed': 0,                     # sampling seed (deterministic results)
+    }
+
+    def __init__(self, config: dict[str, Any] | None = None, device: str = 'auto',
+                 model: MickeyModel | None = None) -> None:
+        super().__init__(config, device)
+        c = self.config
+        self._check_config()
+        if model is None:
+            from ..models.mickey.weights import load_mickey
+
+            if not c['checkpoint']:
+                from ..errors import WeightsError
+
+                raise WeightsError('mickey.checkpoint is not set: give the local path of the MicKey checkpoint '
+                                   '(see docs/mickey.md for the download)')
+            model = load_mickey(c['checkpoint'], c['dinov2_weights'] or None, MickeyConfig(c['backbone']),
+                                device=self.device)
+        self.model = model.to(self.device).eval()
+        fp16 = c['backbone_fp16']
+        self.model.extractor.backbone_fp16 = (self.device.type == 'cuda') if fp16 == 'auto' else bool(fp16)
+        self.solver_config = SolverConfig(hypotheses_per_set=int(c['hypotheses_per_set']),
+                                          th_score=float(c['score_threshold']),
+                                          th_refine=float(c['inlier_threshold']),
+                                          max_refinements=int(c['max_refinements']),
+                                          min_triplet_cond=float(c['min_triplet_cond']), seed=int(c['seed']))
+
+    def _check_config(self) -> None:
+        c = self.config
+        size = list(c['image_size'] or [])
+        if size and (len(size) != 2 or min(size) < MIN_PATCHES * PATCH or size[0] < size[1]):
+            raise ConfigError(f'mickey.image_size must be [] or [long side, short side] with both >= '
+                              f'{MIN_PATCHES * PATCH} px, got {c["image_size"]}')
+        if c['backbone_fp16'] not in ('auto', True, False):
+            raise ConfigError(f"mickey.backbone_fp16 must be 'auto', true or false, got {c['backbone_fp16']!r}")
+        for key in ('num_sample_sets', 'samples_per_set', 'hypotheses_per_set'):
+            if int(c[key]) < 1:
+                raise ConfigError(f'mickey.{key} must be >= 1, got {c[key]}')
+        for key in ('score_threshold', 'inlier_threshold'):
+            if not float(c[key]) > 0:
+                raise ConfigError(f'mickey.{key} must be > 0 m, got {c[key]}')
+
+    # ------------------------------------------------------------------ input
+
+    def processing_size(self, width: int, height: int) -> tuple[int, int]:
+        """(width, height) the network sees for an input of that size (orientation preserved)."""
+        size = self.config['image_size']
+        if not size:
+            return width, height
+        long_side, short_side = int(size[0]), int(size[1])
+        return (long_side, short_side) if width >= height else (short_side, long_side)
+
+    def preprocess(self, frame: Frame) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frame -> image tensor (1,3,H',W') in [0,1] on the device and intrinsics K' (1,3,3) of that image."""
+        frame.validate()
+        H, W = frame.height, frame.width
+        K = frame.K
+        off = self.config['max_principal_offset']
+        cx, cy = K[0, 2] / W, K[1, 2] / H
+        if abs(cx - 0.5) > off or abs(cy - 0.5) > off:
+            raise FrameError(f'intrinsics do not match the {W}x{H} image: principal point ({K[0, 2]:.1f}, '
+                             f'{K[1, 2]:.1f}) is far from the image centre (K given for another resolution?)')
+        w2, h2 = self.processing_size(W, H)
+        if w2 // PATCH < MIN_PATCHES or h2 // PATCH < MIN_PATCHES:
+            side = MIN_PATCHES * PATCH
+            raise FrameError(f'image {W}x{H} (processed at {w2}x{h2}) is too small for MicKey: it needs at least '
+                             f'{MIN_PATCHES} patches of {PATCH} px a side ({side}x{side} px)')
+        rgb = frame.rgb
+        if (w2, h2) != (W, H):
+            interp = cv2.INTER_AREA if w2 * h2 < W * H else cv2.INTER_LINEAR
+            rgb = cv2.resize(rgb, (w2, h2), interpolation=interp)
+            K = resize_intrinsics(K, (W, H), (w2, h2))
+        image = torch.from_numpy(np.ascontiguousarray(rgb)).to(self.device)
+        image = image.permute(2, 0, 1)[None].float().div_(255.0)              # (1,3,H',W'), no mean/std
+        return image, torch.as_tensor(K, dtype=torch.float32, device=self.device)[None]
+
+    def _sync(self) -> None:
+        if self.device.type == 'cuda':
+            torch.cuda.synchronize(self.device)
+
+    def _extract(self, frame: Frame, timer: StageTimer) -> tuple[KeypointFeatures, torch.Tensor]:
+        with timer('preprocess'):
+            image, K = self.preprocess(frame)
+        with timer('extract'):
+            feats = self.model.extract(image)
+            points = feats.points3d(K)[0]                                      # (N,3) metres
+            self._sync()
+        return feats, points
+
+    # ------------------------------------------------------------------ estimator API
+
+    @torch.inference_mode()
+    def prepare_reference(self, frame: Frame) -> Reference:
+        timer = StageTimer()
+        feats, points = self._extract(frame, timer)
+        return Reference(frame=frame, features={'kp': feats, 'points': points,
+                                                'textureless': self._textureless(frame)},
+                         timings=timer.timings)
+
+    def _textureless(self, frame: Frame) -> str:
+        std = float(cv2.cvtColor(frame.rgb, cv2.COLOR_RGB2GRAY).std())
+        if std < float(self.config['min_image_std']):
+            return f'textureless image (grey-level std {std:.2f} < min_image_std {self.config["min_image_std"]})'
+        return ''
+
+    @torch.inference_mode()
+    def estimate(self, reference: Reference, frame: Frame) -> PoseEstimate:
+        timer = StageTimer()
+        if reference.features is None or 'kp' not in reference.features:
+            raise ValueError('reference was not prepared by the mickey backend')
+        for which, reason in (('reference', reference.features['textureless']), ('query', self._textureless(frame))):
+            if reason:
+                return PoseEstimate.failure(f'{which}: {reason}', timer.timings)
+        feats, points = self._extract(frame, timer)
+        ref_feats, ref_points = reference.features['kp'], reference.features['points']
+        with timer('match'):
+            final_scores = self.model.match(ref_feats, feats)[0]              # (M,N)
+        with timer('sample'):
+            sample = self.sample_correspondences(final_scores, ref_points, points)
+            self._sync()
+        if isinstance(sample, str):
+            return PoseEstimate.failure(sample, timer.timings)
+        X, Y, w = sample
+        with timer('solve'):
+            gen = torch.Generator(device=self.device).manual_seed(int(self.config['seed']) + 1)
+            res = solve(X, Y, w, self.solver_config, generator=gen)
+        if not res.ok:
+            return PoseEstimate.failure(f'solver: {res.reason}', timer.timings)
+        n = X.shape[1]
+        if res.num_inliers < int(self.config['min_inliers']):
+            return PoseEstimate.failure(f'too few inliers ({res.num_inliers} < min_inliers '
+                                        f'{self.config["min_inliers"]})', timer.timings, score=res.score,
+                                        num_inliers=res.num_inliers)
+        return PoseEstimate(R=res.R, t=res.t, confidence=res.score / n, score=res.score,
+                            num_inliers=res.num_inliers, ok=True, timings=timer.timings)
+
+    def sample_correspondences(self, final_scores: torch.Tensor, ref_points: torch.Tensor, points: torch.Tensor
+                               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | str:
+        """Draw S sets of n distinct matches with probability proportional to final_scores (seeded).
+
+        final_scores (M,N); ref_points (M,3); points (N,3) -> X (S,n,3), Y (S,n,3), weights (S,n), or the
+        reason why no pose can be computed.
+        """
+        M, N = final_scores.shape
+        p = final_scores.reshape(-1).float()
+        if not bool(torch.isfinite(p).all()) or not bool(torch.isfinite(ref_points).all()) \
+                or not bool(torch.isfinite(points).all()):
+            return 'non-finite network output'
+        positive = int((p > 0).sum())
+        if positive < 3:
+            return f'no surviving matches ({positive} candidate matches with non-zero score)'
+        S, n = int(self.config['num_sample_sets']), min(int(self.config['samples_per_set']), M * N)
+        gen = torch.Generator(device=p.device).manual_seed(int(self.config['seed']))
+        probs = p / p.sum()
+        if S * M * N <= 1 << 24:
+            flat = torch.multinomial(probs.expand(S, -1), n, replacement=False, generator=gen)   # (S,n)
+        else:  # large maps: one set at a time keeps the temporary buffer to one M*N row
+            flat = torch.stack([torch.multinomial(probs, n, replacement=False, generator=gen) for _ in range(S)])
+        i, j = flat // N, flat % N                                              # reference / query keypoint
+        return ref_points[i], points[j], p[flat]
+
+    def describe(self) -> dict[str, Any]:
+        d = super().describe()
+        d.update({'backbone': self.config['backbone'], 'image_size': self.config['image_size'],
+                  'backbone_fp16': self.model.extractor.backbone_fp16,
+                  'checkpoint': self.config['checkpoint'], 'dinov2_weights': self.config['dinov2_weights']})
+        return d
