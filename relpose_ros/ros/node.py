@@ -339,7 +339,7 @@ class RelocalizeNode(Node):
             else:
                 level, message = DiagnosticStatus.OK, 'relocalising'
             self.pub_diagnostics.publish(diagnostic_array(
-                self.get_clock().now().nanoseconds, f'{self.get_name()}: relocalisation',
+                self.get_clock().now().nanoseconds, f'{self.get_fully_qualified_name()}: relocalisation',
                 f'{self.backend}@{self.device}', level[0], message, values))
         except Exception as exc:
             self._log_throttled('diagnostics', f'diagnostics failed: {type(exc).__name__}: {exc}')
