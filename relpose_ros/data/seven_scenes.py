@@ -70,6 +70,9 @@ class SevenScenesSequence(Sequence):
         T = np.loadtxt(pose_path).reshape(4, 4) if pose_path.is_file() else None
         if T is not None and not np.all(np.isfinite(T)):
             T = None  # 7-Scenes marks lost tracking with inf poses
+        if T is not None:  # stored rotations are off SO(3) by ~1e-4, which reads as ~1 deg of error
+            U, _, Vt = np.linalg.svd(T[:3, :3])
+            T[:3, :3] = U @ np.diag([1.0, 1.0, np.linalg.det(U @ Vt)]) @ Vt
         number = int(_COLOR.match(self.colors[index].name).group(1))
         frame = Frame(rgb=read_rgb(self.colors[index]), K=self.K.copy(), depth=depth,
                       stamp_ns=int(round(number * 1e9 / FRAME_RATE_HZ)), frame_id=self.frame_id)
