@@ -1,0 +1,165 @@
+"""``relpose bench rgbd``: accuracy and per-frame time of the rgbd backend on 7-Scenes pairs.
+
+Protocol (the OpenCV baseline's in REFERENCE.md): pairs (i, i + g) for i = 0, stride, 2 stride, ...;
+the reference i is prepared once (cached features), the time is ``estimate()`` on the live frame i + g.
+A failed estimate counts as a miss in the "within" columns and is excluded from the medians
+(their number is reported).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..backends import create
+from ..data.seven_scenes import SevenScenesSequence
+from ..geometry import camera_centre_error, relative_pose, rotation_error_deg
+
+#: OpenCV SIFT (4000) + ratio test + PnP RANSAC with reference depth, measured by the team (REFERENCE.md).
+OPENCV_BASELINE = {
+    30: {'median_rot_deg': 1.2, 'median_centre_m': 0.029},
+    60: {'median_rot_deg': 2.5, 'median_centre_m': 0.056, 'within_5cm_5deg': 0.46, 'within_25cm_5deg': 0.75},
+    100: {'median_rot_deg': 10.0, 'median_centre_m': 0.47, 'within_25cm_5deg': 0.39},
+}
+BASELINE_SECONDS_PER_PAIR = 0.2
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('--data', type=Path, default=Path('../shared/data/7scenes-1000'),
+                        help='7-Scenes sequence folder (default ../shared/data/7scenes-1000)')
+    parser.add_argument('--gaps', type=int, nargs='+', default=[30, 60, 100], help='frame gaps g (default 30 60 100)')
+    parser.add_argument('--stride', type=int, default=40, help='reference every STRIDE frames (default 40)')
+    parser.add_argument('--device', default='cpu', help='auto | cpu | cuda (default cpu)')
+    parser.add_argument('--config', type=Path, default=None,
+                        help='YAML/JSON file with rgbd parameters overriding the defaults')
+    parser.add_argument('--set', nargs='*', default=[], metavar='KEY=VALUE',
+                        help='override parameters, e.g. ransac.th_refine_m=0.04 extractor=kornia_sift')
+    parser.add_argument('--no-query-depth', action='store_true', help='PnP with reference depth only')
+    parser.add_argument('--pairs-json', type=Path, default=None, help='also write per-pair results here')
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``['a.b=1', 'c=x']`` -> ``{'a': {'b': 1}, 'c': 'x'}`` (values parsed as YAML scalars)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition('=')
+        if not sep:
+            raise SystemExit(f"--set expects KEY=VALUE, got '{item}'")
+        node = out
+        parts = key.split('.')
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = yaml.safe_load(value)
+    return out
+
+
+def load_config(args) -> dict[str, Any]:
+    import yaml
+
+    config: dict[str, Any] = {}
+    if args.config is not None:
+        loaded = yaml.safe_load(args.config.read_text()) or {}
+        config = loaded.get('rgbd', loaded)
+    over = parse_overrides(args.set)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(config.get(k), dict):
+            config[k] = {**config[k], **v}
+        else:
+            config[k] = v
+    if args.no_query_depth:
+        config['use_query_depth'] = False
+    return config
+
+
+def evaluate_pairs(estimator, sequence, gaps: list[int], stride: int) -> list[dict[str, Any]]:
+    """Run the estimator on pairs (i, i + g); one record per pair with errors and the live-frame time."""
+    records = []
+    cache: dict[int, Any] = {}
+    for g in gaps:
+        for i in range(0, len(sequence) - g, stride):
+            a, b = sequence[i], sequence[i + g]
+            if not (a.has_pose and b.has_pose):
+                continue
+            ref = estimator.prepare_reference(a.frame)
+            t0 = time.perf_counter()
+            est = estimator.estimate(ref, b.frame)
+            seconds = time.perf_counter() - t0
+            T_gt = relative_pose(a.T_world_from_cam, b.T_world_from_cam)
+            rec = {'gap': g, 'ref': i, 'query': i + g, 'ok': est.ok, 'reason': est.reason,
+                   'confidence': est.confidence, 'inliers': est.num_inliers, 'seconds': seconds,
+                   'rot_deg': None, 'centre_m': None}
+            if est.ok:
+                rec['rot_deg'] = rotation_error_deg(est.R, T_gt[:3, :3])
+                rec['centre_m'] = camera_centre_error(est.R, est.t, T_gt[:3, :3], T_gt[:3, 3])
+            records.append(rec)
+        del cache
+        cache = {}
+    return records
+
+
+def summarise(records: list[dict[str, Any]], gap: int) -> dict[str, Any]:
+    """Per-gap medians, shares within thresholds (failures count as misses) and times."""
+    rs = [r for r in records if r['gap'] == gap]
+    ok = [r for r in rs if r['ok']]
+    rot = np.array([r['rot_deg'] for r in ok])
+    cen = np.array([r['centre_m'] for r in ok])
+    secs = np.array([r['seconds'] for r in rs])
+    n = max(len(rs), 1)
+
+    def within(m: float, deg: float) -> float:
+        return float(np.sum((cen <= m) & (rot <= deg)) / n) if len(ok) else 0.0
+
+    return {'gap': gap, 'pairs': len(rs), 'failures': len(rs) - len(ok),
+            'median_rot_deg': float(np.median(rot)) if len(ok) else float('nan'),
+            'median_centre_m': float(np.median(cen)) if len(ok) else float('nan'),
+            'within_25cm_5deg': within(0.25, 5.0), 'within_5cm_5deg': within(0.05, 5.0),
+            'median_seconds': float(np.median(secs)) if len(rs) else float('nan'),
+            'p90_seconds': float(np.percentile(secs, 90)) if len(rs) else float('nan')}
+
+
+def _fmt(v, spec: str) -> str:
+    return '-' if v is None or (isinstance(v, float) and not np.isfinite(v)) else format(v, spec)
+
+
+def print_table(rows: list[dict[str, Any]], describe: dict[str, Any]) -> None:
+    print(f"rgbd backend: {describe}")
+    head = (f"{'gap':>4} {'pairs':>5} {'fail':>4} | {'rot deg':>7} {'centre cm':>9} {'25cm&5deg':>9} "
+            f"{'5cm&5deg':>8} {'med s':>6} {'p90 s':>6} | baseline: {'rot':>5} {'cm':>5} {'25/5':>5} {'5/5':>5}")
+    print(head)
+    print('-' * len(head))
+    for r in rows:
+        b = OPENCV_BASELINE.get(r['gap'], {})
+        print(f"{r['gap']:>4} {r['pairs']:>5} {r['failures']:>4} | {_fmt(r['median_rot_deg'], '7.2f')} "
+              f"{_fmt(r['median_centre_m'] * 100, '9.1f')} {r['within_25cm_5deg'] * 100:8.0f}% "
+              f"{r['within_5cm_5deg'] * 100:7.0f}% {_fmt(r['median_seconds'], '6.3f')} {_fmt(r['p90_seconds'], '6.3f')}"
+              f" |           {_fmt(b.get('median_rot_deg'), '5.1f')} "
+              f"{_fmt(b.get('median_centre_m', float('nan')) * 100, '5.1f')} "
+              f"{_fmt(b.get('within_25cm_5deg', float('nan')) * 100, '4.0f')}% "
+              f"{_fmt(b.get('within_5cm_5deg', float('nan')) * 100, '4.0f')}%")
+    print(f'(baseline: OpenCV SIFT + ratio + PnP RANSAC, about {BASELINE_SECONDS_PER_PAIR} s per pair; '
+          'times above are per live frame with a cached reference)')
+
+
+def run(args) -> dict[str, Any]:
+    config = load_config(args)
+    estimator = create('rgbd', config=config, device=args.device)
+    sequence = SevenScenesSequence(args.data)
+    # warm-up (first-call allocations / lazy init) on one pair, not timed
+    estimator.estimate(estimator.prepare_reference(sequence[0].frame), sequence[1].frame)
+    records = evaluate_pairs(estimator, sequence, list(args.gaps), int(args.stride))
+    rows = [summarise(records, g) for g in args.gaps]
+    print_table(rows, estimator.describe())
+    if args.pairs_json is not None:
+        args.pairs_json.parent.mkdir(parents=True, exist_ok=True)
+        args.pairs_json.write_text(json.dumps(records, indent=1) + '\n')
+    import os
+
+    return {'backend': estimator.describe(), 'config': estimator.config, 'data': str(args.data),
+            'stride': int(args.stride), 'cpu_count': os.cpu_count(), 'load_average': list(os.getloadavg()),
+            'rows': rows, 'baseline': {str(k): v for k, v in OPENCV_BASELINE.items()}}
