@@ -1,0 +1,133 @@
+"""The pose regressor: frozen LoFTR coarse stage -> hard matching and warping -> PreAct ResNet head.
+
+Output convention (what the network regresses and what the loss sees): the pose of the QUERY camera in the
+REFERENCE camera frame, ``T_ref_from_query``: ``quat`` = rotation R_ref_from_query (w, x, y, z), ``dir * scale``
+= the query camera centre in the reference frame (metres). This is the paper's "relative position": its position
+error is exactly the camera-centre error. The backend inverts it to ``T_query_from_ref`` (see
+:func:`pose_to_T_query_from_ref`).
+"""
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ...errors import ConfigError
+from .head import PoseHead
+from .loftr import LoFTRCoarse
+from .matching import hard_match_and_warp, match_confidence
+
+DEFAULT_MODEL_CONFIG: dict[str, Any] = {
+    'loftr_weights': None,      # local LoFTR checkpoint; None = seeded random init (testing / CPU proof only)
+    'loftr_seed': 0,
+    'image_size': [256, 336],   # (H, W) network input for landscape frames; swapped for portrait frames
+    'temperature': 0.1,         # softmax temperature of the matching confidence
+    'head_channels': [256, 256, 128],
+    'head_pool': 3,             # 128 channels x 3 x 3 = 1152 features, as in the paper
+    'mlp_hidden': 256,
+    'unfreeze_loftr': 'none',   # none | transformer | all
+    'confidence': 'mutual',     # mutual | softmax | mutual_softmax (see matching.match_confidence)
+}
+UNFREEZE_CHOICES = ('none', 'transformer', 'all')
+
+
+def model_config(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Defaults merged with ``overrides``; unknown keys or bad values raise :class:`ConfigError`."""
+    from ...backends.base import merge_config
+
+    cfg = merge_config(DEFAULT_MODEL_CONFIG, overrides or {}, 'regression model')
+    if cfg['unfreeze_loftr'] not in UNFREEZE_CHOICES:
+        raise ConfigError(f"unfreeze_loftr must be one of {UNFREEZE_CHOICES}, got {cfg['unfreeze_loftr']!r}")
+    size = cfg['image_size']
+    if size is not None and (len(size) != 2 or min(int(s) for s in size) < 16):
+        raise ConfigError(f'image_size must be [H, W] with both >= 16 pixels, got {size!r}')
+    return cfg
+
+
+class RegressionModel(nn.Module):
+    """Query/reference grayscale images -> T_ref_from_query (quat, dir, scale) + match confidence."""
+
+    def __init__(self, config: Mapping[str, Any] | None = None) -> None:
+        super().__init__()
+        self.config = model_config(config)
+        self.loftr = LoFTRCoarse(self.config['loftr_weights'], seed=int(self.config['loftr_seed']))
+        c = self.loftr.dim
+        self.head = PoseHead(2 * c + 5, tuple(self.config['head_channels']), int(self.config['head_pool']),
+                             int(self.config['mlp_hidden']))
+        self._set_trainable()
+
+    def _set_trainable(self) -> None:
+        mode = self.config['unfreeze_loftr']
+        for name, p in self.loftr.named_parameters():
+            p.requires_grad_(mode == 'all' or (mode == 'transformer' and name.startswith('loftr_coarse.')))
+
+    @property
+    def backbone_frozen(self) -> bool:
+        return self.config['unfreeze_loftr'] != 'all'
+
+    def train(self, mode: bool = True) -> 'RegressionModel':
+        super().train(mode)
+        if self.backbone_frozen:  # frozen BatchNorm statistics stay frozen
+            self.loftr.backbone.eval()
+        if self.config['unfreeze_loftr'] == 'none':
+            self.loftr.eval()
+        return self
+
+    def extract(self, gray: torch.Tensor) -> torch.Tensor:
+        """(B, 1, H, W) in [0, 1] -> position-encoded coarse features (B, 256, H/8, W/8); cacheable per image."""
+        if self.backbone_frozen:
+            with torch.no_grad():
+                return self.loftr.extract(gray)
+        return self.loftr.extract(gray)
+
+    def forward_features(self, feat_q: torch.Tensor, feat_r: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Pose from the two images' coarse CNN features (B, C, h, w) (query first)."""
+        if self.config['unfreeze_loftr'] == 'none':
+            with torch.no_grad():
+                tok_q, tok_r = self.loftr.attend(feat_q, feat_r)
+        else:
+            tok_q, tok_r = self.loftr.attend(feat_q, feat_r)
+        cmap, stats = hard_match_and_warp(tok_q, tok_r, tuple(feat_q.shape[2:]), tuple(feat_r.shape[2:]),
+                                          float(self.config['temperature']))
+        out = self.head(cmap)
+        out['confidence'] = match_confidence(stats, self.config['confidence'])
+        out['mutual_fraction'] = stats['mutual'].float().mean(dim=1)
+        out['softmax_conf'] = stats['softmax_conf'].mean(dim=1)
+        return out
+
+    def forward(self, gray_q: torch.Tensor, gray_r: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Pose of the query camera in the reference frame from two (B, 1, H, W) grayscale images."""
+        if gray_q.shape == gray_r.shape:  # one backbone pass for both
+            both = self.extract(torch.cat([gray_q, gray_r], dim=0))
+            feat_q, feat_r = both.chunk(2, dim=0)
+        else:
+            feat_q, feat_r = self.extract(gray_q), self.extract(gray_r)
+        return self.forward_features(feat_q, feat_r)
+
+
+def pose_to_T_query_from_ref(quat, direction, scale) -> tuple[np.ndarray, np.ndarray]:
+    """Network output (T_ref_from_query as quaternion, unit direction, scale) -> (R, t) of T_query_from_ref."""
+    from ...geometry import quat_to_matrix
+
+    R_ref_from_query = quat_to_matrix(np.asarray(quat, dtype=np.float64))
+    centre = np.asarray(direction, dtype=np.float64).reshape(3) * float(scale)   # query centre in ref frame
+    R = R_ref_from_query.T
+    return R, -R @ centre
+
+
+def T_to_targets(T_query_from_ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Ground-truth T_query_from_ref (4x4) -> training targets (quat w>=0 of R_ref_from_query, centre (3,))."""
+    from ...geometry import inverse_T, matrix_to_quat
+
+    T_rq = inverse_T(T_query_from_ref)
+    q = matrix_to_quat(T_rq[:3, :3])
+    q = q if q[0] >= 0 else -q
+    return q, T_rq[:3, 3].copy()
+
+
+def clone_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    return copy.deepcopy(dict(cfg))

@@ -1,0 +1,78 @@
+"""Training configuration: defaults, YAML loading and validation (unknown keys are errors)."""
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..backends.base import merge_config
+from ..errors import ConfigError
+from ..models.regression.model import DEFAULT_MODEL_CONFIG, model_config
+
+DEFAULT_TRAIN_CONFIG: dict[str, Any] = {
+    'seed': 0,
+    'out_dir': 'runs/regression',
+    'model': copy.deepcopy(DEFAULT_MODEL_CONFIG),
+    'data': {
+        'train': [],            # list of {dataset: 'FORMAT:PATH', frames: [start, stop] | null}
+        'val': [],
+        'pairs': {'mode': 'gap', 'min_gap': 5, 'max_gap': 40, 'min_overlap': 0.3, 'max_overlap': 0.95},
+        'pairs_per_epoch': 1000,
+        'val_num_pairs': 200,
+        'batch_size': 8,
+        'num_workers': 0,
+        'augment': True,        # photometric: brightness, contrast, gamma, noise (training only)
+    },
+    'optim': {'lr': 1e-4, 'weight_decay': 0.0, 'lr_decay': 0.9, 'lr_decay_every': 6},
+    'train': {
+        'max_epochs': 20,
+        'max_steps': -1,
+        'max_time': None,       # e.g. '00:00:25:00' (DD:HH:MM:SS)
+        'accelerator': 'auto',
+        'devices': 1,
+        'strategy': 'auto',
+        'precision': 'auto',    # auto = 16-mixed on CUDA (AMP), 32-true on CPU
+        'cache_backbone': False,  # keep frozen CNN features per frame in memory (needs augment off)
+        'validate_before_fit': True,
+        'log_every_n_steps': 10,
+        'progress_bar': True,
+        'num_threads': None,    # torch CPU threads
+    },
+}
+
+
+def train_config(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Defaults merged with ``overrides`` and checked."""
+    overrides = dict(overrides or {})
+    cfg = merge_config(DEFAULT_TRAIN_CONFIG, overrides, 'train config')
+    cfg['model'] = model_config(cfg['model'])
+    for key in ('train', 'val'):
+        for src in cfg['data'][key]:
+            if not isinstance(src, Mapping) or 'dataset' not in src or set(src) - {'dataset', 'frames'}:
+                raise ConfigError(f"data.{key} entries must be {{dataset: 'FORMAT:PATH', frames: [start, stop]}}, "
+                                  f'got {src!r}')
+    if cfg['train']['cache_backbone'] and cfg['data']['augment']:
+        raise ConfigError('train.cache_backbone needs data.augment: false (augmented images have other features)')
+    if cfg['train']['cache_backbone'] and cfg['model']['unfreeze_loftr'] == 'all':
+        raise ConfigError('train.cache_backbone needs a frozen LoFTR backbone (model.unfreeze_loftr != all)')
+    return cfg
+
+
+def load_train_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Read a YAML training config and apply dotted ``overrides`` ({'train.max_steps': 10})."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f'training config {path} does not exist')
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f'training config {path} must be a YAML mapping')
+    for dotted, value in (overrides or {}).items():
+        node = raw
+        *parents, leaf = dotted.split('.')
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return train_config(raw)

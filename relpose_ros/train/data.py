@@ -1,0 +1,219 @@
+"""Training data: posed image pairs from any :class:`~relpose_ros.data.sequence.Sequence`.
+
+Frames are decoded once, converted to grayscale at the network size and kept in memory (uint8), with their
+poses. Pairs ``(query, reference)`` are chosen by frame gap (``min_gap <= |i - j| <= max_gap``) or by view
+overlap (fraction of the reference's depth points that land in the query image, needs depth), in both orders.
+Each training epoch draws ``pairs_per_epoch`` pairs, the same number from every scene (scene-balanced);
+the validation pairs are a fixed, seeded list.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence as Seq
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ..data.sequence import Sequence
+from ..errors import ConfigError, DatasetError
+from ..geometry import relative_pose
+from ..models.regression.model import T_to_targets
+
+log = logging.getLogger(__name__)
+
+
+def open_source(spec: str, use_depth: bool = False) -> Sequence:
+    """'FORMAT:PATH' -> Sequence, through ``relpose_ros.data.datasets.open_dataset`` when available."""
+    try:
+        from ..data.datasets import open_dataset
+    except ImportError:
+        open_dataset = None
+    if open_dataset is not None:
+        try:
+            return open_dataset(spec, use_depth=use_depth)
+        except TypeError:
+            return open_dataset(spec)
+    fmt, _, path = spec.partition(':')
+    if fmt.lower() in ('7scenes', 'seven_scenes'):
+        from ..data.seven_scenes import SevenScenesSequence
+        return SevenScenesSequence(path, use_depth=use_depth)
+    raise ConfigError(f"cannot open dataset '{spec}': only '7scenes:PATH' is available here")
+
+
+def network_size(size: Seq[int] | None, height: int, width: int) -> tuple[int, int]:
+    """(H, W) the network sees: ``size`` for landscape frames, swapped for portrait ones; None = native."""
+    if size is None:
+        return height, width
+    h, w = int(size[0]), int(size[1])
+    if (height > width) != (h > w):
+        h, w = w, h
+    return h, w
+
+
+def to_gray(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """HxWx3 uint8 RGB -> (H', W') uint8 grayscale at ``size`` = (H', W') (area interpolation)."""
+    gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    if gray.shape != tuple(size):
+        gray = cv2.resize(gray, (size[1], size[0]), interpolation=cv2.INTER_AREA)
+    return gray
+
+
+@dataclass
+class LoadedScene:
+    """One sequence in memory: grayscale frames (N, H, W) uint8, poses (N, 4, 4), global frame ids."""
+
+    name: str
+    gray: np.ndarray
+    poses: np.ndarray
+    first_id: int
+    depth_points: list[np.ndarray] | None = None   # per frame (M, 3) camera points, for overlap pairs
+    K: np.ndarray | None = None
+    image_hw: tuple[int, int] | None = None
+
+
+def load_scene(seq: Sequence, frames: Seq[int] | None, size: Seq[int] | None, first_id: int,
+               with_depth: bool = False, depth_step: int = 16) -> LoadedScene:
+    """Decode the posed frames ``frames = [start, stop)`` of ``seq`` (frames without a pose are skipped)."""
+    start, stop = (0, len(seq)) if frames is None else (int(frames[0]), int(frames[1]))
+    if not 0 <= start < stop <= len(seq):
+        raise ConfigError(f'frames [{start}, {stop}) out of range for {seq.name or type(seq).__name__} '
+                          f'({len(seq)} frames)')
+    grays, poses, points = [], [], []
+    K, hw = None, None
+    for i in range(start, stop):
+        pf = seq[i]
+        if not pf.has_pose:
+            continue
+        h, w = pf.frame.rgb.shape[:2]
+        grays.append(to_gray(pf.frame.rgb, network_size(size, h, w)))
+        poses.append(np.asarray(pf.T_world_from_cam, dtype=np.float64))
+        K, hw = pf.frame.K, (h, w)
+        if with_depth:
+            if pf.frame.depth is None:
+                raise DatasetError(f'overlap pairs need depth, but {seq.name} frame {i} has none')
+            d = pf.frame.depth[::depth_step, ::depth_step]
+            v, u = np.mgrid[0:h:depth_step, 0:w:depth_step]
+            ok = np.isfinite(d) & (d > 0)
+            rays = np.linalg.solve(pf.frame.K, np.stack([u[ok], v[ok], np.ones(ok.sum())]))
+            points.append((rays * d[ok]).T)
+    if len(grays) < 2:
+        raise DatasetError(f'{seq.name}: fewer than two posed frames in [{start}, {stop})')
+    if len({g.shape for g in grays}) != 1:
+        raise DatasetError(f'{seq.name}: frames of different sizes in one sequence are not supported')
+    return LoadedScene(seq.name, np.stack(grays), np.stack(poses), first_id, points if with_depth else None, K, hw)
+
+
+def view_overlap(scene: LoadedScene, ref: int, query: int) -> float:
+    """Fraction of the reference's depth points that project inside the query image, in front of it."""
+    X = scene.depth_points[ref]
+    if len(X) == 0:
+        return 0.0
+    T = relative_pose(scene.poses[ref], scene.poses[query])          # T_query_from_ref
+    Y = X @ T[:3, :3].T + T[:3, 3]
+    z = Y[:, 2]
+    uv = Y[:, :2] / np.maximum(z, 1e-6)[:, None] * np.diag(scene.K)[:2] + scene.K[:2, 2]
+    h, w = scene.image_hw
+    inside = (z > 0.05) & (uv[:, 0] >= 0) & (uv[:, 0] < w) & (uv[:, 1] >= 0) & (uv[:, 1] < h)
+    return float(inside.mean())
+
+
+def candidate_pairs(scene: LoadedScene, cfg: Mapping[str, Any]) -> np.ndarray:
+    """(P, 2) local (query, reference) index pairs allowed by the pair rule, both orders."""
+    n = len(scene.poses)
+    lo, hi = int(cfg['min_gap']), int(cfg['max_gap'])
+    out = []
+    for i in range(n):
+        for j in range(i + lo, min(n, i + hi + 1)):
+            if cfg['mode'] == 'overlap':
+                ov = view_overlap(scene, i, j)
+                if not float(cfg['min_overlap']) <= ov <= float(cfg['max_overlap']):
+                    continue
+            elif cfg['mode'] != 'gap':
+                raise ConfigError(f"pairs.mode must be 'gap' or 'overlap', got {cfg['mode']!r}")
+            out += [(j, i), (i, j)]
+    if not out:
+        raise DatasetError(f'{scene.name}: no pairs satisfy {dict(cfg)}')
+    return np.asarray(out, dtype=np.int64)
+
+
+def pair_targets(scene: LoadedScene, query: int, ref: int) -> tuple[np.ndarray, np.ndarray]:
+    """Targets of one pair: quaternion of R_ref_from_query (w >= 0) and the query centre in the ref frame."""
+    return T_to_targets(relative_pose(scene.poses[ref], scene.poses[query]))
+
+
+class PairDataset(Dataset):
+    """Item k of ``pairs`` ((P, 3): scene, query, reference) as a dict of tensors."""
+
+    def __init__(self, scenes: list[LoadedScene], pairs: np.ndarray) -> None:
+        self.scenes, self.pairs = scenes, np.asarray(pairs, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
+        s, q, r = (int(v) for v in self.pairs[k])
+        scene = self.scenes[s]
+        quat, centre = pair_targets(scene, q, r)
+        return {
+            'gray_q': torch.from_numpy(scene.gray[q]).float().div_(255.0)[None],   # (1, H, W)
+            'gray_r': torch.from_numpy(scene.gray[r]).float().div_(255.0)[None],
+            'quat_gt': torch.from_numpy(quat).float(),                               # (4,)
+            't_gt': torch.from_numpy(centre).float(),                                # (3,)
+            'key_q': torch.tensor(scene.first_id + q), 'key_r': torch.tensor(scene.first_id + r),
+            'scene': torch.tensor(s),
+        }
+
+
+class SceneBalancedSampler(Sampler[int]):
+    """Each epoch: ``num_samples`` indices into the flat pair list, an equal share from every scene."""
+
+    def __init__(self, scene_of_pair: np.ndarray, num_samples: int, seed: int = 0) -> None:
+        self.groups = [np.flatnonzero(scene_of_pair == s) for s in np.unique(scene_of_pair)]
+        self.num_samples, self.seed, self.epoch = int(num_samples), int(seed), 0
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self):
+        rng = np.random.default_rng([self.seed, self.epoch])
+        self.epoch += 1
+        share = -(-self.num_samples // len(self.groups))
+        picks = np.concatenate([rng.choice(g, size=share, replace=len(g) < share) for g in self.groups])
+        rng.shuffle(picks)
+        return iter(picks[:self.num_samples].tolist())
+
+
+def mean_pose(quats: np.ndarray, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The trivial predictor: mean rotation (principal eigenvector of sum q q^T) and mean centre."""
+    w, v = np.linalg.eigh(quats.T @ quats)
+    q = v[:, -1]
+    return (q if q[0] >= 0 else -q), centres.mean(axis=0)
+
+
+def build_pairs(scenes: list[LoadedScene], cfg: Mapping[str, Any]) -> np.ndarray:
+    """(P, 3) scene, query, reference over all scenes."""
+    rows = [np.column_stack([np.full(len(c), s), c]) for s, c in
+            ((s, candidate_pairs(sc, cfg)) for s, sc in enumerate(scenes))]
+    return np.concatenate(rows)
+
+
+def fixed_subset(pairs: np.ndarray, n: int | None, seed: int) -> np.ndarray:
+    """A seeded, scene-balanced subset of ``n`` pairs (all when n is None or >= len)."""
+    if n is None or n >= len(pairs):
+        return pairs
+    idx = list(SceneBalancedSampler(pairs[:, 0], n, seed))
+    return pairs[np.sort(np.asarray(idx))]
+
+
+def make_loader(dataset: Dataset, batch_size: int, sampler=None, shuffle: bool = False, num_workers: int = 0,
+                drop_last: bool = False) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=shuffle and sampler is None,
+                      num_workers=num_workers, drop_last=drop_last, persistent_workers=num_workers > 0)
+

@@ -1,0 +1,100 @@
+"""``fit(config)``: build the Lightning trainer and train the regression model.
+
+Multi-GPU: ``train.devices: 4, train.strategy: ddp`` (or ``relpose train --devices 4 --strategy ddp``) runs
+Lightning DDP, one process per GPU; ``pairs_per_epoch`` and the batch size are per process. AMP (float16
+mixed precision) is used on CUDA when ``train.precision`` is ``auto``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def _precision(cfg: Mapping[str, Any]) -> str:
+    import torch
+
+    p = cfg['train']['precision']
+    if p != 'auto':
+        return str(p)
+    acc = str(cfg['train']['accelerator'])
+    cuda = acc in ('gpu', 'cuda') or (acc == 'auto' and torch.cuda.is_available())
+    return '16-mixed' if cuda else '32-true'
+
+
+def build_trainer(cfg: Mapping[str, Any], callbacks: list | None = None):
+    """A Lightning Trainer with checkpoints (best by median centre error + last) and a CSV log."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
+
+    t = cfg['train']
+    out = Path(cfg['out_dir'])
+    ckpt = ModelCheckpoint(dirpath=out / 'checkpoints', filename='best', monitor='val/centre_med_m', mode='min',
+                           save_top_k=1, save_last=True) if cfg['data']['val'] else \
+        ModelCheckpoint(dirpath=out / 'checkpoints', save_last=True, save_top_k=0)
+    return L.Trainer(
+        max_epochs=t['max_epochs'], max_steps=t['max_steps'], max_time=t['max_time'],
+        accelerator=t['accelerator'], devices=t['devices'], strategy=t['strategy'], precision=_precision(cfg),
+        default_root_dir=str(out), logger=CSVLogger(str(out), name='logs'), callbacks=[ckpt, *(callbacks or [])],
+        log_every_n_steps=t['log_every_n_steps'], enable_progress_bar=t['progress_bar'],
+        num_sanity_val_steps=0, deterministic=False)
+
+
+def prepare(cfg: Mapping[str, Any], sequences: Mapping[str, Any] | None = None):
+    """(data module set up, Lightning module, trainer) for ``cfg``; the output folder is created."""
+    import lightning as L
+    import torch
+
+    from .module import PairDataModule, RegressionLitModule
+
+    if cfg['train']['num_threads']:
+        torch.set_num_threads(int(cfg['train']['num_threads']))
+    L.seed_everything(int(cfg['seed']), workers=True, verbose=False)
+    out = Path(cfg['out_dir'])
+    out.mkdir(parents=True, exist_ok=True)
+    (out / 'config.json').write_text(json.dumps(cfg, indent=2, default=str) + '\n')
+    dm = PairDataModule(cfg, sequences)
+    dm.setup('fit')
+    return dm, RegressionLitModule(cfg), build_trainer(cfg)
+
+
+def fit(cfg: Mapping[str, Any], resume: str | None = None, sequences: Mapping[str, Any] | None = None
+        ) -> dict[str, Any]:
+    """Train; returns a summary (trivial-predictor and initial/final validation metrics, paths, seconds).
+
+    ``resume``: a checkpoint path, or 'last' for OUT/checkpoints/last.ckpt (optimizer, epoch and step restored).
+    """
+    dm, module, trainer = prepare(cfg, sequences)
+    out = Path(cfg['out_dir'])
+    summary: dict[str, Any] = {'train_pairs': int(len(dm.train_pairs)),
+                               'val_pairs': 0 if dm.val_pairs is None else int(len(dm.val_pairs))}
+    summary['trivial'] = dm.trivial_val_metrics()
+    if summary['trivial'] is not None:
+        log.info('trivial predictor (mean training pose) on validation: %s', json.dumps(summary['trivial']))
+    t0 = time.perf_counter()
+    if cfg['train']['validate_before_fit'] and dm.val_pairs is not None and resume is None:
+        trainer.validate(module, datamodule=dm, verbose=False)
+        summary['initial'] = module.history[-1] if module.history else None
+    ckpt_path = resume
+    if resume == 'last':
+        ckpt_path = str(out / 'checkpoints' / 'last.ckpt')
+    if ckpt_path is not None and not Path(ckpt_path).is_file():
+        from ..errors import ConfigError
+        raise ConfigError(f'cannot resume: checkpoint {ckpt_path} does not exist')
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    summary['seconds'] = time.perf_counter() - t0
+    summary['steps'] = int(trainer.global_step)
+    summary['final'] = module.history[-1] if module.history else None
+    summary['best'] = min(module.history, key=lambda r: r['centre_med_m']) if module.history else None
+    cb = trainer.checkpoint_callback
+    summary['best_checkpoint'] = getattr(cb, 'best_model_path', '') or None
+    summary['last_checkpoint'] = str(out / 'checkpoints' / 'last.ckpt')
+    if trainer.is_global_zero:
+        (out / 'summary.json').write_text(json.dumps(summary, indent=2, default=float) + '\n')
+    return summary
