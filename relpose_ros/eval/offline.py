@@ -99,7 +99,11 @@ def evaluate_offline(estimator, sequence, pairs: Seq[Pair], progress: bool = Tru
         results.append(score_pair(pair.reference, pair.query, R, t, conf, ok, T_gt, f.K, f.width, f.height,
                                   latency_ms=latency_ms, reason=reason, gap=pair.gap))
     bar.close()
+    if getattr(sequence, 'partial', False):  # e.g. a truncated bag: read up to its last complete message
+        reason = getattr(sequence, 'partial_reason', '') or 'the dataset was read only in part'
+        partial, partial_reason = True, '; '.join(r for r in (reason, partial_reason) if r)
     info = dict(meta or {})
+    info.setdefault('frames_without_gt', getattr(sequence, 'frames_without_gt', None))
     info.setdefault('backend', getattr(estimator, 'name', ''))
     info.setdefault('frames', len(sequence))
     return EvalResult(pairs=results, mode='offline', meta=info, partial=partial, partial_reason=partial_reason,
