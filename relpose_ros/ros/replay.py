@@ -1,0 +1,571 @@
+"""Replay a ROS 2 bag into ``relocalize_node`` over DDS and record everything it publishes.
+
+:func:`replay_bag` reads the camera topics of a bag (MCAP or SQLite3, see
+:mod:`relpose_ros.data.bag_writer` for the default topic names), optionally spawns the real node as a
+subprocess (``relocalize_node --ros-args -r __ns:=... -p ...``), publishes one chosen frame on the node's
+``reference/*`` topics, waits until the node reports (``/diagnostics``) that the reference is set, then plays
+the live frames on ``image`` / ``camera_info`` / ``depth`` at the recorded rate (or a chosen one), and records
+``relpose`` (TransformStamped), ``relpose/confidence`` and ``/diagnostics`` with arrival times.
+
+Messages are published as the bag's serialized CDR bytes (like ``ros2 bag play``); with ``restamp=True`` the
+header stamp is rewritten to the send time (a 8-byte patch of the CDR header), so the node's own latency
+diagnostics are meaningful. The result (:class:`ReplayResult`) has one :class:`ReplayFrame` per played frame:
+its stamps, the published pose (or None), its confidence, the latency from sending the frame to receiving the
+pose, and the bag's ground truth when it has one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..data.bag_writer import POSE_STAMPED, TYPESTORE, BagTopics
+from ..errors import ConfigError, DatasetError, RelposeError
+from ..geometry import make_T, quat_to_matrix, relative_pose
+
+IMAGE_TYPES = {'sensor_msgs/msg/Image': 'raw', 'sensor_msgs/msg/CompressedImage': 'compressed'}
+CONFIDENCE_MATCH_S = 0.5        # a confidence belongs to the pose received at most this long before it
+
+
+class ReplayError(RelposeError):
+    """The node could not be started, never became ready, or the replay could not run."""
+
+
+# ----------------------------------------------------------------------------- bag side
+
+
+@dataclass
+class BagFrame:
+    """One camera frame of a bag: raw CDR bytes per channel, header stamp and optional ground truth."""
+
+    stamp_ns: int
+    image: bytes
+    camera_info: bytes
+    depth: bytes | None = None
+    T_world_from_cam: np.ndarray | None = None
+
+
+@dataclass
+class BagStream:
+    """The frames of a bag plus the message types of its image and depth topics."""
+
+    frames: list[BagFrame]
+    image_transport: str            # 'raw' | 'compressed'
+    depth_transport: str | None     # 'raw' | 'compressedDepth' | None (no depth)
+    topics: BagTopics
+
+
+def cdr_stamp_ns(raw: bytes) -> int:
+    """Header stamp of a serialized message that starts with std_msgs/Header (ROS 2 CDR, either endianness)."""
+    if len(raw) < 12:
+        raise DatasetError(f'serialized message of {len(raw)} bytes is too short to hold a header')
+    fmt = '<iI' if raw[1] == 1 else '>iI'
+    sec, nanosec = struct.unpack_from(fmt, raw, 4)
+    return sec * 1_000_000_000 + nanosec
+
+
+def cdr_restamp(raw: bytes, stamp_ns: int) -> bytes:
+    """Copy of a serialized header-first message with its header stamp replaced."""
+    sec, nanosec = divmod(int(stamp_ns), 1_000_000_000)
+    out = bytearray(raw)
+    struct.pack_into('<iI' if raw[1] == 1 else '>iI', out, 4, sec, nanosec)
+    return bytes(out)
+
+
+def read_bag_stream(path: str | Path, topics: BagTopics = BagTopics(), use_depth: bool = True,
+                    max_frames: int | None = None, sync_slop_s: float = 0.02) -> BagStream:
+    """Frames (image + camera_info [+ depth]) of a bag, matched by header stamp within ``sync_slop_s``."""
+    from rosbags.rosbag2 import Reader
+
+    path = Path(path)
+    if not path.exists():
+        raise DatasetError(f'bag {path} does not exist')
+    try:
+        reader = Reader(path)
+        reader.open()
+    except Exception as exc:
+        raise DatasetError(f'cannot open bag {path}: {exc}') from exc
+    try:
+        present = {c.topic: c.msgtype for c in reader.connections}
+        for name in (topics.image, topics.camera_info):
+            if name not in present:
+                raise DatasetError(f'bag {path} has no topic {name}; it has: '
+                                   + ', '.join(f'{t} ({m})' for t, m in sorted(present.items())))
+        if present[topics.image] not in IMAGE_TYPES:
+            raise DatasetError(f'{topics.image} in {path} is {present[topics.image]}, not an image type')
+        with_depth = use_depth and topics.depth in present
+        wanted = [topics.image, topics.camera_info] + ([topics.depth] if with_depth else [])
+        with_gt = topics.gt_pose in present and present[topics.gt_pose] == POSE_STAMPED
+        if with_gt:
+            wanted.append(topics.gt_pose)
+        by_topic: dict[str, list[tuple[int, bytes]]] = {t: [] for t in wanted}
+        connections = [c for c in reader.connections if c.topic in by_topic]
+        for conn, _, raw in reader.messages(connections=connections):
+            raw = bytes(raw)
+            if conn.topic == topics.gt_pose:
+                msg = TYPESTORE.deserialize_cdr(raw, conn.msgtype)
+                q, p = msg.pose.orientation, msg.pose.position
+                T = make_T(quat_to_matrix([q.w, q.x, q.y, q.z]), [p.x, p.y, p.z])
+                by_topic[conn.topic].append((cdr_stamp_ns(raw), T))
+            else:
+                by_topic[conn.topic].append((cdr_stamp_ns(raw), raw))
+    finally:
+        reader.close()
+
+    slop_ns = int(sync_slop_s * 1e9)
+
+    def nearest(items: list, stamp: int):
+        if not items:
+            return None
+        stamps = np.fromiter((s for s, _ in items), dtype=np.int64, count=len(items))
+        k = int(np.argmin(np.abs(stamps - stamp)))
+        return items[k][1] if abs(int(stamps[k]) - stamp) <= slop_ns else None
+
+    images = sorted(by_topic[topics.image], key=lambda x: x[0])
+    frames: list[BagFrame] = []
+    for stamp, raw in images:
+        info = nearest(by_topic[topics.camera_info], stamp)
+        depth = nearest(by_topic[topics.depth], stamp) if with_depth else None
+        if info is None or (with_depth and depth is None):
+            continue
+        gt = nearest(by_topic[topics.gt_pose], stamp) if with_gt else None
+        frames.append(BagFrame(stamp, raw, info, depth, gt))
+        if max_frames is not None and len(frames) >= max_frames:
+            break
+    if not frames:
+        raise DatasetError(f'bag {path}: no frame has an image, camera_info{" and depth" if with_depth else ""} '
+                           f'with matching stamps (within {sync_slop_s} s)')
+    depth_transport = None
+    if with_depth:
+        depth_transport = 'raw' if present[topics.depth] == 'sensor_msgs/msg/Image' else 'compressedDepth'
+    return BagStream(frames, IMAGE_TYPES[present[topics.image]], depth_transport, topics)
+
+
+# ----------------------------------------------------------------------------- results
+
+
+@dataclass
+class ReplayFrame:
+    """What happened to one played frame. Times are seconds since the first live frame was sent."""
+
+    index: int                                  # position in the bag's frame list
+    stamp_ns: int                               # header stamp in the bag
+    sent_stamp_ns: int                          # header stamp as sent (differs with restamp)
+    sent_s: float
+    T_ref_from_query: np.ndarray | None = None  # published pose (relpose), None if nothing was published
+    confidence: float | None = None
+    received_s: float | None = None
+    T_world_from_cam: np.ndarray | None = None  # ground truth from the bag, when present
+
+    @property
+    def published(self) -> bool:
+        return self.T_ref_from_query is not None
+
+    @property
+    def latency_s(self) -> float | None:
+        return None if self.received_s is None else self.received_s - self.sent_s
+
+    @property
+    def T_query_from_ref(self) -> np.ndarray | None:
+        """The estimate in the estimator convention (X_query = R X_ref + t)."""
+        if self.T_ref_from_query is None:
+            return None
+        return np.linalg.inv(self.T_ref_from_query)
+
+
+@dataclass
+class ReplayResult:
+    """Everything recorded during one replay."""
+
+    bag: str
+    reference_index: int
+    reference_stamp_ns: int
+    reference_T_world_from_cam: np.ndarray | None
+    rate_hz: float
+    frames: list[ReplayFrame]
+    unmatched_confidences: list[float] = field(default_factory=list)  # estimates not published (gated / failed)
+    diagnostics: dict[str, str] = field(default_factory=dict)          # the node's last diagnostics values
+    node_command: list[str] = field(default_factory=list)
+    node_log: str = ''
+    startup_s: float = 0.0
+    duration_s: float = 0.0
+
+    @property
+    def published(self) -> int:
+        return sum(f.published for f in self.frames)
+
+    @property
+    def latencies_s(self) -> list[float]:
+        return [f.latency_s for f in self.frames if f.latency_s is not None]
+
+    @property
+    def dropped_frames(self) -> int:
+        """Frames the node dropped (latest-only) by its diagnostics, else frames without any output."""
+        if 'dropped_frames' in self.diagnostics:
+            return _int(self.diagnostics['dropped_frames'])
+        return len(self.frames) - self.published - len(self.unmatched_confidences)
+
+    def gt_T_query_from_ref(self, frame: ReplayFrame) -> np.ndarray | None:
+        """Ground-truth ``T_query_from_ref`` of a frame, when the bag has ground truth for it and the reference."""
+        if frame.T_world_from_cam is None or self.reference_T_world_from_cam is None:
+            return None
+        return relative_pose(self.reference_T_world_from_cam, frame.T_world_from_cam)
+
+    def to_dict(self) -> dict[str, Any]:
+        def mat(T):
+            return None if T is None else np.asarray(T).tolist()
+        return {
+            'bag': self.bag, 'reference_index': self.reference_index, 'reference_stamp_ns': self.reference_stamp_ns,
+            'rate_hz': self.rate_hz, 'published': self.published, 'frames_sent': len(self.frames),
+            'dropped_frames': self.dropped_frames, 'unmatched_confidences': self.unmatched_confidences,
+            'startup_s': self.startup_s, 'duration_s': self.duration_s, 'diagnostics': self.diagnostics,
+            'node_command': self.node_command,
+            'frames': [{'index': f.index, 'stamp_ns': f.stamp_ns, 'sent_stamp_ns': f.sent_stamp_ns, 'sent_s': f.sent_s,
+                        'published': f.published, 'confidence': f.confidence, 'latency_s': f.latency_s,
+                        'T_ref_from_query': mat(f.T_ref_from_query), 'T_world_from_cam': mat(f.T_world_from_cam)}
+                       for f in self.frames],
+        }
+
+
+# ----------------------------------------------------------------------------- the node process
+
+
+def node_command(namespace: str, params: dict[str, Any], node_name: str = 'relocalize_node') -> list[str]:
+    """Command line of a ``relocalize_node`` in this Python environment with ``-p name:=value`` parameters."""
+    exe = Path(sys.executable).with_name('relocalize_node')
+    cmd = [str(exe)] if exe.is_file() else [sys.executable, '-c',
+                                            'import sys; from relpose_ros.ros.node import main; sys.exit(main())']
+    cmd += ['--ros-args', '-r', f'__ns:={namespace}', '-r', f'__node:={node_name}']
+    for key, value in params.items():
+        cmd += ['-p', f'{key}:={json.dumps(value)}']
+    return cmd
+
+
+class NodeProcess:
+    """A ``relocalize_node`` subprocess with its output in a log file and a clean (SIGINT) shutdown."""
+
+    def __init__(self, command: list[str], log_path: Path | None = None):
+        self.command = command
+        self._tmp = None
+        if log_path is None:
+            self._tmp = tempfile.NamedTemporaryFile(prefix='relocalize_node_', suffix='.log', delete=False)
+            log_path = Path(self._tmp.name)
+        self.log_path = Path(log_path)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, 'wb')
+        env = dict(os.environ, PYTHONUNBUFFERED='1')
+        self.proc = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=env,
+                                     start_new_session=True)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log_text(self, tail_chars: int = 4000) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        try:
+            text = self.log_path.read_text(errors='replace')
+        except OSError:
+            return ''
+        return text[-tail_chars:]
+
+    def stop(self, timeout_s: float = 10.0) -> int:
+        """SIGINT (what Ctrl-C sends), then SIGTERM, then SIGKILL; returns the exit code."""
+        if self.alive():
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.terminate()
+                try:
+                    self.proc.wait(5.0)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
+        self._log.close()
+        if self._tmp is not None:
+            self._tmp.close()
+        return self.proc.returncode
+
+
+# ----------------------------------------------------------------------------- replay
+
+
+@dataclass
+class ReplayOptions:
+    """How to replay. ``rate_hz`` None plays at the recorded rate times ``speed``; ``spawn`` False talks to a
+    node already running in ``namespace`` (its inputs must be the default relative names)."""
+
+    reference_index: int = 0
+    rate_hz: float | None = None
+    speed: float = 1.0
+    max_frames: int | None = None
+    include_reference: bool = True          # also play the reference frame as a live frame
+    use_depth: bool = True
+    restamp: bool = False
+    namespace: str = '/relpose_replay'
+    node_name: str = 'relocalize_node'
+    spawn: bool = True
+    backend: str = 'rgbd'
+    min_confidence: float = 0.0             # of the spawned node: 0 records every ok estimate
+    node_params: dict[str, Any] = field(default_factory=dict)
+    node_log: Path | None = None
+    startup_timeout_s: float = 60.0
+    reference_timeout_s: float = 30.0
+    drain_timeout_s: float = 10.0
+    quiet_s: float = 1.5                    # stop draining after this long without output
+    topics: BagTopics = field(default_factory=BagTopics)
+
+
+class _Recorder:
+    """rclpy side: publishers for the node's inputs, subscriptions to its outputs (own context and thread)."""
+
+    def __init__(self, opts: ReplayOptions, image_transport: str, depth_transport: str | None):
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
+        from geometry_msgs.msg import TransformStamped
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+        from std_msgs.msg import Float32
+
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        self.node = rclpy.create_node(f'relpose_replay_{os.getpid()}', context=self.context)
+        ns = opts.namespace.rstrip('/')
+        self.ns = ns
+        reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        record = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
+        image_type = CompressedImage if image_transport == 'compressed' else Image
+        image_suffix = '/compressed' if image_transport == 'compressed' else ''
+        depth_type = CompressedImage if depth_transport == 'compressedDepth' else Image
+        depth_suffix = '/compressedDepth' if depth_transport == 'compressedDepth' else ''
+
+        def publishers(prefix: str) -> dict[str, Any]:
+            pubs = {'image': self.node.create_publisher(image_type, f'{ns}/{prefix}image{image_suffix}', reliable),
+                    'camera_info': self.node.create_publisher(CameraInfo, f'{ns}/{prefix}camera_info', reliable)}
+            if depth_transport is not None:
+                pubs['depth'] = self.node.create_publisher(depth_type, f'{ns}/{prefix}depth{depth_suffix}', reliable)
+            return pubs
+
+        self.live = publishers('')
+        self.reference = publishers('reference/')
+        self.lock = threading.Lock()
+        self.poses: list[tuple[float, int, np.ndarray]] = []        # (arrival, stamp, T_ref_from_query)
+        self.confidences: list[tuple[float, float]] = []            # (arrival, confidence)
+        self.diagnostics: dict[str, str] = {}
+        self.last_output = time.monotonic()
+        self.relpose_topic = f'{ns}/relpose'
+        self.node.create_subscription(TransformStamped, self.relpose_topic, self._on_pose, record)
+        self.node.create_subscription(Float32, f'{ns}/relpose/confidence', self._on_confidence, record)
+        self.node.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics, record)
+        self._status_names = {opts.node_name, f'{ns}/{opts.node_name}'}   # as get_name() / fully qualified
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self.thread = threading.Thread(target=self._spin, name='relpose-replay-spin', daemon=True)
+        self.thread.start()
+
+    def _spin(self) -> None:
+        try:
+            self.executor.spin()
+        except Exception:  # context shut down while spinning
+            pass
+
+    def _on_pose(self, msg) -> None:
+        t = msg.transform
+        T = make_T(quat_to_matrix([t.rotation.w, t.rotation.x, t.rotation.y, t.rotation.z]),
+                   [t.translation.x, t.translation.y, t.translation.z])
+        stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        with self.lock:
+            self.last_output = now = time.monotonic()
+            self.poses.append((now, stamp, T))
+
+    def _on_confidence(self, msg) -> None:
+        with self.lock:
+            self.last_output = now = time.monotonic()
+            self.confidences.append((now, float(msg.data)))
+
+    def _on_diagnostics(self, msg) -> None:
+        for status in msg.status:
+            if status.name.split(':', 1)[0].strip() in self._status_names:
+                with self.lock:
+                    self.diagnostics = {kv.key: kv.value for kv in status.values}
+
+    def inputs_connected(self) -> bool:
+        pubs = list(self.live.values()) + list(self.reference.values())
+        return all(p.get_subscription_count() > 0 for p in pubs) and self.node.count_publishers(self.relpose_topic) > 0
+
+    def publish(self, pubs: dict[str, Any], frame: BagFrame, stamp_ns: int | None) -> None:
+        def data(raw: bytes) -> bytes:
+            return raw if stamp_ns is None else cdr_restamp(raw, stamp_ns)
+        pubs['camera_info'].publish(data(frame.camera_info))
+        if 'depth' in pubs and frame.depth is not None:
+            pubs['depth'].publish(data(frame.depth))
+        pubs['image'].publish(data(frame.image))
+
+    def now_ns(self) -> int:
+        return self.node.get_clock().now().nanoseconds
+
+    def close(self) -> None:
+        self.executor.shutdown(timeout_sec=2.0)
+        self.thread.join(timeout=5.0)
+        self.node.destroy_node()
+        self.context.try_shutdown()
+
+
+def _int(value: str | None) -> int:
+    try:
+        return int(value) if value is not None else 0
+    except ValueError:
+        return 0
+
+
+def _wait(condition, timeout_s: float, node: NodeProcess | None, what: str, poll_s: float = 0.05) -> float:
+    t0 = time.monotonic()
+    while not condition():
+        if node is not None and not node.alive():
+            raise ReplayError(f'relocalize_node exited (code {node.proc.returncode}) while {what}; its output:\n'
+                              f'{node.log_text()}')
+        if time.monotonic() - t0 > timeout_s:
+            tail = f'; node output:\n{node.log_text()}' if node is not None else ''
+            raise ReplayError(f'timed out after {timeout_s:g} s {what}{tail}')
+        time.sleep(poll_s)
+    return time.monotonic() - t0
+
+
+def replay_bag(bag: str | Path, options: ReplayOptions | None = None, progress=None) -> ReplayResult:
+    """Play ``bag`` into a (spawned) relocalize_node and return what it published per frame.
+
+    progress: optional callable ``(k, n)`` called after each live frame is sent.
+    """
+    opts = options or ReplayOptions()
+    if opts.rate_hz is not None and not opts.rate_hz > 0:
+        raise ConfigError(f'rate_hz must be positive, got {opts.rate_hz}')
+    if not opts.speed > 0:
+        raise ConfigError(f'speed must be positive, got {opts.speed}')
+    stream = read_bag_stream(bag, opts.topics, opts.use_depth, opts.max_frames)
+    frames = stream.frames
+    ref_i = opts.reference_index + len(frames) if opts.reference_index < 0 else opts.reference_index
+    if not 0 <= ref_i < len(frames):
+        raise ConfigError(f'reference_index {opts.reference_index} is out of range for the {len(frames)} frames '
+                          f'of {bag}')
+    live_indices = [i for i in range(len(frames)) if opts.include_reference or i != ref_i]
+    if opts.rate_hz is not None:
+        rate = float(opts.rate_hz)
+        offsets = [k / rate for k in range(len(live_indices))]
+    else:
+        t0 = frames[live_indices[0]].stamp_ns
+        offsets = [(frames[i].stamp_ns - t0) / 1e9 / opts.speed for i in live_indices]
+        span = offsets[-1] if len(offsets) > 1 else 0.0
+        rate = (len(offsets) - 1) / span if span > 0 else 0.0
+
+    node = None
+    command: list[str] = []
+    if opts.spawn:
+        params = {'backend': opts.backend, 'min_confidence': float(opts.min_confidence),
+                  'use_depth': stream.depth_transport is not None, 'image_transport': stream.image_transport,
+                  'diagnostics_period': 0.2}
+        if stream.depth_transport is not None:
+            params['depth_transport'] = stream.depth_transport
+        params.update(opts.node_params)
+        command = node_command(opts.namespace, params, opts.node_name)
+    t_start = time.monotonic()
+    recorder = _Recorder(opts, stream.image_transport, stream.depth_transport)
+    try:
+        if opts.spawn:
+            node = NodeProcess(command, opts.node_log)
+        _wait(recorder.inputs_connected, opts.startup_timeout_s, node,
+              f'waiting for relocalize_node in {opts.namespace or "/"} to subscribe to its inputs')
+        startup_s = time.monotonic() - t_start
+
+        # reference: publish, wait for the node to report it, re-send if it was lost
+        reference = frames[ref_i]
+        _wait(lambda: bool(recorder.diagnostics), opts.startup_timeout_s, node,
+              'waiting for the first /diagnostics of relocalize_node')
+        before = _int(recorder.diagnostics.get('references_set'))
+        deadline = time.monotonic() + opts.reference_timeout_s
+        while True:
+            recorder.publish(recorder.reference, reference, recorder.now_ns() if opts.restamp else None)
+            try:
+                _wait(lambda: recorder.diagnostics.get('reference_set') == 'true'
+                      and _int(recorder.diagnostics.get('references_set')) > before,
+                      min(3.0, max(0.1, deadline - time.monotonic())), node, 'waiting for the reference')
+                break
+            except ReplayError:
+                if time.monotonic() >= deadline or (node is not None and not node.alive()):
+                    raise ReplayError(f'relocalize_node did not accept the reference within '
+                                      f'{opts.reference_timeout_s:g} s (diagnostics: {recorder.diagnostics}); '
+                                      f'node output:\n{node.log_text() if node else ""}') from None
+
+        # live frames at the chosen rate
+        played: list[ReplayFrame] = []
+        by_sent_stamp: dict[int, ReplayFrame] = {}
+        t_live = time.monotonic()
+        for k, (i, offset) in enumerate(zip(live_indices, offsets)):
+            delay = t_live + offset - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            f = frames[i]
+            stamp = recorder.now_ns() if opts.restamp else f.stamp_ns
+            recorder.publish(recorder.live, f, stamp if opts.restamp else None)
+            rf = ReplayFrame(index=i, stamp_ns=f.stamp_ns, sent_stamp_ns=stamp, sent_s=time.monotonic() - t_live,
+                             T_world_from_cam=f.T_world_from_cam)
+            played.append(rf)
+            by_sent_stamp[stamp] = rf
+            if progress is not None:
+                progress(k + 1, len(live_indices))
+            if node is not None and not node.alive():
+                raise ReplayError(f'relocalize_node exited (code {node.proc.returncode}) during the replay; its '
+                                  f'output:\n{node.log_text()}')
+
+        # drain: until every frame is answered, or no output for quiet_s, or the drain timeout
+        t_end = time.monotonic()
+        while time.monotonic() - t_end < opts.drain_timeout_s:
+            with recorder.lock:
+                answered = len(recorder.confidences)
+                quiet = time.monotonic() - max(recorder.last_output, t_end)
+            if answered >= len(played) or quiet > opts.quiet_s:
+                break
+            time.sleep(0.05)
+        time.sleep(0.3)  # one more diagnostics period
+        duration_s = time.monotonic() - t_live
+    finally:
+        node_log = ''
+        if node is not None:
+            node.stop()
+            node_log = node.log_text(20000)
+        recorder.close()
+
+    # associate outputs with frames
+    unmatched: list[float] = []
+    pose_arrivals = []
+    for arrival, stamp, T in recorder.poses:
+        rf = by_sent_stamp.get(stamp)
+        if rf is not None and rf.T_ref_from_query is None:
+            rf.T_ref_from_query, rf.received_s = T, arrival - t_live
+            pose_arrivals.append((arrival, rf))
+    j = 0
+    for arrival, confidence in recorder.confidences:
+        # the newest pose received before this confidence (and not yet given one) within the match window
+        while j + 1 < len(pose_arrivals) and pose_arrivals[j + 1][0] <= arrival:
+            j += 1
+        if pose_arrivals and pose_arrivals[j][0] <= arrival <= pose_arrivals[j][0] + CONFIDENCE_MATCH_S \
+                and pose_arrivals[j][1].confidence is None:
+            pose_arrivals[j][1].confidence = confidence
+        else:
+            unmatched.append(confidence)
+    return ReplayResult(bag=str(bag), reference_index=ref_i, reference_stamp_ns=reference.stamp_ns,
+                        reference_T_world_from_cam=reference.T_world_from_cam, rate_hz=rate, frames=played,
+                        unmatched_confidences=unmatched, diagnostics=dict(recorder.diagnostics),
+                        node_command=command, node_log=node_log, startup_s=startup_s, duration_s=duration_s)

@@ -1,0 +1,78 @@
+"""Replay a real bag into a real relocalize_node subprocess over DDS ('constant' backend: known output)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from relpose_ros.data.bag_writer import BagTopics, write_bag
+from relpose_ros.data.synthetic import SyntheticScene, SyntheticSequence
+from relpose_ros.errors import DatasetError
+from relpose_ros.geometry import inverse_T, relative_pose
+from relpose_ros.ros.replay import ReplayError, ReplayOptions, cdr_restamp, cdr_stamp_ns, read_bag_stream, replay_bag
+
+pytestmark = pytest.mark.ros
+
+CONSTANT_T = [0.1, -0.05, 0.3]        # T_query_from_ref translation returned by the constant backend
+
+
+@pytest.fixture(scope='module')
+def bag(tmp_path_factory):
+    seq = SyntheticSequence(num_frames=6, width=64, height=48, fps=20.0, scene=SyntheticScene(seed=2, num_boxes=2))
+    path = tmp_path_factory.mktemp('replay') / 'synthetic'
+    write_bag(seq, path)
+    return path, seq
+
+
+def test_read_bag_stream_matches_frames_and_ground_truth(bag):
+    path, seq = bag
+    stream = read_bag_stream(path)
+    assert len(stream.frames) == 6 and stream.image_transport == 'raw' and stream.depth_transport == 'raw'
+    for k, f in enumerate(stream.frames):
+        assert f.stamp_ns == seq[k].frame.stamp_ns == cdr_stamp_ns(f.camera_info) == cdr_stamp_ns(f.depth)
+        np.testing.assert_allclose(f.T_world_from_cam, seq.poses[k], atol=1e-12)
+    raw = cdr_restamp(stream.frames[0].image, 1_234_567_890_123)
+    assert cdr_stamp_ns(raw) == 1_234_567_890_123 and raw[12:] == stream.frames[0].image[12:]
+    assert len(read_bag_stream(path, use_depth=False, max_frames=2).frames) == 2
+    with pytest.raises(DatasetError, match='no topic /nope; it has: .*/camera/color/camera_info'):
+        read_bag_stream(path, topics=BagTopics(image='/nope'))
+
+
+def test_replay_through_the_node_records_every_pose(bag, tmp_path):
+    path, seq = bag
+    opts = ReplayOptions(backend='constant', reference_index=1, restamp=True, node_log=tmp_path / 'node.log',
+                         node_params={'constant.translation': CONSTANT_T, 'constant.confidence': 0.75})
+    result = replay_bag(path, opts)
+    assert result.reference_index == 1 and result.rate_hz == pytest.approx(20.0, rel=1e-6)
+    assert [f.index for f in result.frames] == list(range(6))
+    assert result.published >= 5                         # best-effort camera QoS may lose one frame under load
+    T_expected = inverse_T(np.array([[1, 0, 0, CONSTANT_T[0]], [0, 1, 0, CONSTANT_T[1]],
+                                     [0, 0, 1, CONSTANT_T[2]], [0, 0, 0, 1.0]]))
+    for f in result.frames:
+        np.testing.assert_allclose(f.T_world_from_cam, seq.poses[f.index], atol=1e-12)
+        assert f.sent_stamp_ns != f.stamp_ns             # restamped to the send time
+        if f.published:
+            np.testing.assert_allclose(f.T_ref_from_query, T_expected, atol=1e-9)
+            assert f.confidence == pytest.approx(0.75)
+            assert 0.0 < f.latency_s < 5.0
+    np.testing.assert_allclose(result.gt_T_query_from_ref(result.frames[3]), relative_pose(seq.poses[1], seq.poses[3]))
+    assert result.diagnostics['backend'] == 'constant' and result.diagnostics['reference_set'] == 'true'
+    assert 'new reference' in result.node_log and (tmp_path / 'node.log').is_file()
+    d = result.to_dict()
+    assert d['frames_sent'] == 6 and d['published'] == result.published
+
+
+def test_gated_estimates_are_counted_not_published(bag):
+    path, _ = bag
+    opts = ReplayOptions(backend='constant', min_confidence=0.9, include_reference=False, rate_hz=30.0,
+                         node_params={'constant.confidence': 0.5})
+    result = replay_bag(path, opts)
+    assert len(result.frames) == 5 and result.published == 0
+    assert len(result.unmatched_confidences) >= 4 and set(result.unmatched_confidences) == {0.5}
+    assert int(result.diagnostics['gated_poses']) >= 4
+
+
+def test_unusable_backend_fails_loudly(bag):
+    path, _ = bag
+    opts = ReplayOptions(backend='no_such_backend', reference_timeout_s=2.0)
+    with pytest.raises(ReplayError, match='reference'):
+        replay_bag(path, opts)
