@@ -15,7 +15,7 @@ from pathlib import Path
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser('eval', help='evaluate a backend on a dataset (offline or replayed through the node)',
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--backend', required=True, help='backend name (rgbd, mickey, regression, constant)')
+    p.add_argument('--backend', help='backend name (rgbd, mickey, regression, constant)')
     p.add_argument('--dataset', required=True, help='FORMAT:PATH with FORMAT in 7scenes, tum, mapfree, bag, synthetic')
     p.add_argument('--dataset-option', '-D', action='append', default=[], metavar='KEY=VALUE',
                    help='reader option, repeatable (e.g. -D image_topic=/cam/image_raw -D camera=fr1)')
@@ -43,6 +43,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument('--no-progress', action='store_true', help='no progress bar')
     p.add_argument('--mapfree-submission', type=Path, default=None, metavar='ZIP',
                    help='also write the estimates in the Map-free submission format')
+    p.add_argument('--score-mapfree-submission', type=Path, default=None, metavar='ZIP',
+                   help='score a Map-free submission zip against --dataset mapfree:DIR (a scene or split folder) '
+                        'instead of running a backend')
     p.set_defaults(func=run)
     return p
 
@@ -77,8 +80,13 @@ def run(args) -> int:
     from ..backends import create
     from ..data.datasets import open_dataset, parse_options
     from ..eval.protocols import build_pairs
+    from ..errors import ConfigError
     from ..eval.report import markdown_table, write_report
 
+    if args.score_mapfree_submission is not None:
+        return score_submission_command(args)
+    if not args.backend:
+        raise ConfigError('--backend is required (one of rgbd, mickey, regression, constant)')
     sequence = open_dataset(args.dataset, **parse_options(args.dataset_option))
     pairs = build_pairs(args.protocol, sequence, reference=args.reference, step=args.step, every=args.every,
                         gaps=args.gaps, max_pairs=args.max_pairs)
@@ -109,4 +117,24 @@ def run(args) -> int:
     if result.partial:
         print(f'PARTIAL RESULTS: {result.partial_reason}')
     print(f'wrote {args.out / "metrics.json"} and {args.out / "report.md"}')
+    return 0
+
+
+def score_submission_command(args) -> int:
+    """``--score-mapfree-submission ZIP``: score a submission against Map-free ground truth."""
+    import json
+
+    from ..data.datasets import parse_spec
+    from ..errors import ConfigError
+    from ..eval.mapfree_submission import score_submission
+    from ..eval.report import _clean, markdown_table
+
+    fmt, path = parse_spec(args.dataset)
+    if fmt != 'mapfree':
+        raise ConfigError('--score-mapfree-submission needs --dataset mapfree:DIR (a scene or a split folder)')
+    scored = _clean(score_submission(args.score_mapfree_submission, path))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / 'metrics.json').write_text(json.dumps(scored, indent=1) + '\n')
+    print(markdown_table({'summary': scored['summary'], 'per_gap': scored['per_scene']}).replace('| gap |', '| scene |'))
+    print(f'wrote {args.out / "metrics.json"}')
     return 0

@@ -45,8 +45,16 @@ def parse_spec(spec: str) -> tuple[str, str]:
 
 
 def parse_option_value(text: str) -> Any:
-    """'3' -> 3, '0.5' -> 0.5, 'true'/'false' -> bool, 'none' -> None, anything else stays a string."""
+    """'3' -> 3, '0.5' -> 0.5, 'true'/'false' -> bool, 'none' -> None, '[1, 2]' -> list (YAML flow syntax),
+    anything else stays a string."""
     low = text.strip().lower()
+    if low[:1] in ('[', '{'):
+        import yaml
+
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f'cannot parse option value {text!r}: {exc}') from None
     if low in ('true', 'yes', 'on'):
         return True
     if low in ('false', 'no', 'off'):

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DatasetError
-from ..geometry import inverse_T, make_T, quat_to_matrix
+from ..geometry import inverse_T, make_T, quat_to_matrix, relative_pose
 from ..types import Frame
 from .sequence import PosedFrame, Sequence
 from .seven_scenes import read_depth_mm_png, read_rgb
@@ -95,6 +95,11 @@ class MapFreeSequence(Sequence):
     def query_numbers(self) -> list[tuple[int, int]]:
         """(sequence index, seq1 frame number) of every query."""
         return [(i, self.frame_number(i)) for i in range(1, len(self.frames))]
+
+    def gt_relative_pose(self, ref_index: int, query_index: int) -> np.ndarray | None:
+        """Ground-truth ``T_query_from_ref`` from poses.txt (no image is read), or None when unknown."""
+        a, b = self.T_world_from_cam[ref_index], self.T_world_from_cam[query_index]
+        return None if a is None or b is None else relative_pose(a, b)
 
     def load(self, index: int) -> PosedFrame:
         rel = self.frames[index]

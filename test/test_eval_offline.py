@@ -1,0 +1,117 @@
+"""`relpose eval` offline mode end to end, pair protocols, metrics.json schema and the Map-free submission
+round trip (write with `relpose eval --mapfree-submission`, read back and score)."""
+from __future__ import annotations
+
+import json
+import zipfile
+
+import numpy as np
+import pytest
+
+from relpose_ros.cli import main
+from relpose_ros.data.datasets import open_dataset
+from relpose_ros.data.synthetic import SyntheticSequence
+from relpose_ros.eval import mapfree_submission as MS
+from relpose_ros.eval.metrics import SUMMARY_KEYS
+from relpose_ros.eval.protocols import build_pairs, fixed_reference, keyframe_pairs
+from relpose_ros.errors import ConfigError, DatasetError
+from test_readers_tum_mapfree import write_mapfree
+
+PAIR_KEYS = {'reference', 'query', 'gap', 'R', 't', 'confidence', 'ok', 'rot_err_deg', 'trans_err_m', 'vcre_px'}
+
+
+def test_protocols():
+    assert fixed_reference(5, reference=1, step=2) == [(1, 3, 2)]
+    assert keyframe_pairs(100, every=40, gaps=[60, 30]) == [(0, 30, 30), (0, 60, 60), (40, 70, 30)]
+    with pytest.raises(ConfigError, match='no pairs'):
+        build_pairs('keyframe', range(10), every=5, gaps=[20])
+    with pytest.raises(ConfigError, match='Map-free dataset'):
+        build_pairs('mapfree', range(10))
+    with pytest.raises(ConfigError, match='out of range'):
+        fixed_reference(3, reference=7)
+
+
+def test_eval_offline_cli_writes_metrics_report_and_plots(tmp_path, capsys):
+    out = tmp_path / 'out'
+    rc = main(['eval', '--backend', 'constant', '--dataset', 'synthetic:12', '-D', 'width=48', '-D', 'height=36',
+               '--protocol', 'keyframe', '--every', '4', '--gaps', '2', '5', '--set', 'confidence=0.7',
+               '--out', str(out), '--no-progress'])
+    assert rc == 0
+    m = json.loads((out / 'metrics.json').read_text())
+    assert list(m['summary']) == list(SUMMARY_KEYS)          # offline: no latency keys
+    assert set(m['per_gap']) == {'2', '5'} and list(m['per_gap']['2']) == list(SUMMARY_KEYS)
+    # keyframes 0, 4, 8 with gaps 2 and 5 (8 + 5 is past the end)
+    assert [(p['reference'], p['query'], p['gap']) for p in m['pairs']] == [(0, 2, 2), (0, 5, 5), (4, 6, 2),
+                                                                         (4, 9, 5), (8, 10, 2)]
+    assert PAIR_KEYS <= set(m['pairs'][0]) and m['pairs'][0]['confidence'] == pytest.approx(0.7)
+    # identity estimates: the errors are exactly the true relative motions
+    seq = open_dataset('synthetic:12', width=48, height=36)
+    T = seq.gt_relative_pose(4, 9)
+    p = m['pairs'][3]
+    assert p['trans_err_m'] == pytest.approx(np.linalg.norm(T[:3, :3].T @ T[:3, 3]))
+    assert m['summary']['n_pairs'] == 5 and m['summary']['n_failed'] == 0 and not m['partial']
+    report = (out / 'report.md').read_text()
+    assert '| **all** | 5 | 0 |' in report and '![error_vs_gap](error_vs_gap.png)' in report
+    for name in m['plots'].values():
+        assert (out / name).stat().st_size > 5000
+    assert '| **all** |' in capsys.readouterr().out
+
+
+def test_eval_cli_bad_input_exits_2(tmp_path, capsys):
+    assert main(['eval', '--backend', 'constant', '--dataset', f'mapfree:{tmp_path}', '--out', str(tmp_path)]) == 2
+    assert 'Map-free layout' in capsys.readouterr().err
+    assert main(['eval', '--backend', 'nope', '--dataset', 'synthetic:3', '--protocol', 'fixed',
+                 '--out', str(tmp_path)]) == 2
+    assert 'unknown backend' in capsys.readouterr().err
+
+
+@pytest.fixture(scope='module')
+def mapfree_scene(tmp_path_factory):
+    root = tmp_path_factory.mktemp('mapfree') / 's00007'
+    seq = SyntheticSequence(num_frames=12, width=48, height=36, seed=2)
+    write_mapfree(root, [seq[i] for i in range(12)])
+    return root
+
+
+def test_mapfree_submission_round_trip(tmp_path, mapfree_scene):
+    out, zpath = tmp_path / 'eval', tmp_path / 'sub.zip'
+    assert main(['eval', '--backend', 'constant', '--dataset', f'mapfree:{mapfree_scene}', '--protocol', 'mapfree',
+                 '--set', 'translation=[0.1,0,0]', '--set', 'confidence=0.4', '--mapfree-submission', str(zpath),
+                 '--out', str(out), '--no-progress', '--no-plots']) == 0
+    m = json.loads((out / 'metrics.json').read_text())
+    assert [p['gap'] for p in m['pairs']] == [0, 5, 10]       # every 5th seq1 frame
+    with zipfile.ZipFile(zpath) as z:
+        assert z.namelist() == ['pose_s00007.txt']
+        lines = z.read('pose_s00007.txt').decode().split('\n')
+    assert lines[0].split() == ['seq1/frame_00000.jpg', '1', '0', '0', '0', '0.1', '0', '0', '0.4']
+    scored = MS.score_submission(zpath, mapfree_scene.parent)
+    for k in SUMMARY_KEYS:
+        a, b = scored['summary'][k], m['summary'][k]
+        assert (a is None and b is None) or (np.isnan(a) and b is None) or a == pytest.approx(b, rel=1e-6), k
+    # the CLI scorer writes the same summary
+    assert main(['eval', '--score-mapfree-submission', str(zpath), '--dataset', f'mapfree:{mapfree_scene}',
+                 '--out', str(tmp_path / 'score')]) == 0
+    again = json.loads((tmp_path / 'score' / 'metrics.json').read_text())
+    assert again['summary']['median_trans_err_m'] == pytest.approx(m['summary']['median_trans_err_m'], rel=1e-6)
+
+
+def test_submission_scoring_counts_missing_and_nan_lines(tmp_path, mapfree_scene):
+    seq = open_dataset(f'mapfree:{mapfree_scene}')
+    rows = []
+    for index, number in seq.query_numbers():
+        if number in (0, 5):  # perfect estimates; frame 10 missing
+            T = seq.gt_relative_pose(0, index)
+            rows.append((seq.frames[index], T[:3, :3], T[:3, 3], 1.0))
+    zpath = MS.write_submission(tmp_path / 'sub.zip', {'s00007': rows})
+    s = MS.score_submission(zpath, mapfree_scene)['summary']
+    assert s['n_pairs'] == 3 and s['n_failed'] == 1
+    assert s['median_trans_err_m'] == pytest.approx(0, abs=1e-6) and s['median_vcre_px'] == pytest.approx(0, abs=1e-3)
+    assert s['precision_pose'] == pytest.approx(2 / 3) and s['auc_vcre'] == pytest.approx(2 / 3)
+    with zipfile.ZipFile(tmp_path / 'nan.zip', 'w') as z:
+        z.writestr('pose_s00007.txt', 'seq1/frame_00000.jpg nan 0 0 0 0 0 0 1\n')
+    assert MS.read_submission(tmp_path / 'nan.zip')['s00007']['seq1/frame_00000.jpg'] is None
+    s = MS.score_submission(tmp_path / 'nan.zip', mapfree_scene)['summary']
+    assert s['n_failed'] == 3 and s['precision_pose'] == 0.0
+    (tmp_path / 'bad.zip').write_text('not a zip')
+    with pytest.raises(DatasetError, match='not a zip'):
+        MS.read_submission(tmp_path / 'bad.zip')
