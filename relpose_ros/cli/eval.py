@@ -25,19 +25,24 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument('--device', default='auto', choices=('auto', 'cpu', 'cuda'))
     p.add_argument('--mode', default='offline', choices=('offline', 'replay'))
     g = p.add_argument_group('pair protocol')
-    g.add_argument('--protocol', default='keyframe', choices=('fixed', 'keyframe', 'mapfree'),
+    g.add_argument('--protocol', default=None, choices=('fixed', 'keyframe', 'mapfree'),
                    help='fixed: one reference vs every later frame; keyframe: a keyframe every --every frames '
-                        'with queries --gaps later; mapfree: seq0 reference vs every 5th seq1 query')
+                        'with queries --gaps later; mapfree: seq0 reference vs every 5th seq1 query. Default: '
+                        'keyframe offline, fixed in replay mode (the only one replay supports)')
     g.add_argument('--reference', type=int, default=0, help='reference index (fixed) or first keyframe (keyframe)')
     g.add_argument('--step', type=int, default=1, help='fixed protocol: score every STEP-th later frame')
     g.add_argument('--every', type=int, default=40, help='keyframe protocol: keyframe interval (frames)')
     g.add_argument('--gaps', type=int, nargs='+', default=[30, 60, 100], help='keyframe protocol: query gaps')
-    g.add_argument('--max-pairs', type=int, default=None, help='score only the first N pairs')
+    g.add_argument('--max-pairs', type=int, default=None, help='score only the first N pairs (replay: play N frames)')
+    g.add_argument('--gap-bin', type=int, default=None,
+                   help='per_gap groups gaps into bins of this many frames (default 1; 10 for fixed and replay)')
     r = p.add_argument_group('replay mode')
-    r.add_argument('--rate', type=float, default=1.0, help='playback rate factor (1 = recorded rate)')
+    r.add_argument('--rate', type=float, default=1.0, help='playback speed factor (1 = recorded rate)')
+    r.add_argument('--rate-hz', type=float, default=None, help='play frames at this fixed rate instead')
+    r.add_argument('--namespace', default='/relpose_replay', help='namespace of the node (spawned or running)')
     r.add_argument('--node', default='spawn', choices=('spawn', 'running'),
                    help='spawn a relocalize_node, or use one already running')
-    r.add_argument('--timeout', type=float, default=5.0, help='seconds to wait for outputs after the last frame')
+    r.add_argument('--timeout', type=float, default=10.0, help='seconds to wait for outputs after the last frame')
     p.add_argument('--out', type=Path, required=True, help='output folder (metrics.json, report.md, plots)')
     p.add_argument('--no-plots', action='store_true', help='skip the PNG plots')
     p.add_argument('--no-progress', action='store_true', help='no progress bar')
@@ -87,26 +92,35 @@ def run(args) -> int:
         return score_submission_command(args)
     if not args.backend:
         raise ConfigError('--backend is required (one of rgbd, mickey, regression, constant)')
+    protocol = args.protocol or ('fixed' if args.mode == 'replay' else 'keyframe')
+    if args.mode == 'replay' and protocol != 'fixed':
+        raise ConfigError(f'replay mode plays one reference into the node: use --protocol fixed, not {protocol}')
     sequence = open_dataset(args.dataset, **parse_options(args.dataset_option))
-    pairs = build_pairs(args.protocol, sequence, reference=args.reference, step=args.step, every=args.every,
-                        gaps=args.gaps, max_pairs=args.max_pairs)
     config = load_backend_config(args.config, args.set)
-    meta = {'backend': args.backend, 'dataset': args.dataset, 'protocol': args.protocol, 'frames': len(sequence),
+    gap_bin = args.gap_bin or (10 if protocol == 'fixed' else 1)
+    meta = {'backend': args.backend, 'dataset': args.dataset, 'protocol': protocol, 'frames': len(sequence),
             'config': config}
-    if args.protocol == 'keyframe':
+    if protocol == 'keyframe':
         meta['protocol'] = f'keyframe every {args.every}, gaps {sorted(set(args.gaps))}'
-    elif args.protocol == 'fixed':
-        meta['protocol'] = f'fixed reference {args.reference}, step {args.step}'
+    elif protocol == 'fixed':
+        meta['protocol'] = f'fixed reference {args.reference}' + (f', step {args.step}' if args.mode == 'offline' else '')
     if args.mode == 'offline':
         from ..eval.offline import evaluate_offline
 
+        pairs = build_pairs(protocol, sequence, reference=args.reference, step=args.step, every=args.every,
+                            gaps=args.gaps, max_pairs=args.max_pairs)
         estimator = create(args.backend, config, device=args.device)
         meta['device'] = str(estimator.device)
         result = evaluate_offline(estimator, sequence, pairs, progress=not args.no_progress, meta=meta)
     else:
         from ..eval.replay import evaluate_replay
 
-        result = evaluate_replay(args, sequence, pairs, config, meta)
+        result = evaluate_replay(sequence, args.backend, config, out_dir=args.out, reference=args.reference,
+                                 speed=args.rate, rate_hz=args.rate_hz, spawn=args.node == 'spawn',
+                                 namespace=args.namespace, device=args.device, max_frames=args.max_pairs,
+                                 drain_timeout_s=args.timeout, progress=not args.no_progress, meta=meta)
+    result.gap_bin = gap_bin
+    args.out.mkdir(parents=True, exist_ok=True)
     metrics = write_report(result, args.out, plots=not args.no_plots)
     if args.mapfree_submission is not None:
         from ..eval.mapfree_submission import write_submission_from_result

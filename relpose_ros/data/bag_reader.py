@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DatasetError, FrameError
-from ..geometry import make_T, quat_to_matrix
+from ..geometry import make_T, quat_to_matrix, relative_pose
 from ..types import Frame
 from .sequence import PosedFrame, Sequence
 from .tum import nearest
@@ -281,6 +281,26 @@ class BagSequence(Sequence):
 
     def __len__(self) -> int:
         return len(self._images)
+
+    def stamp_ns(self, index: int) -> int:
+        """Header stamp of image ``index`` (no decoding)."""
+        return self._images[index][0]
+
+    def pose(self, index: int) -> np.ndarray | None:
+        """Ground-truth ``T_world_from_cam`` of frame ``index`` (no decoding), or None."""
+        T = self._poses[index]
+        return None if T is None else T.copy()
+
+    def intrinsics(self, index: int) -> tuple[np.ndarray, int, int]:
+        """(K, width, height) of frame ``index`` from its camera_info (no image decoding)."""
+        from ..ros.conversions import camera_info_to_K
+
+        info = self._infos[index]
+        return camera_info_to_K(info), int(info.width), int(info.height)
+
+    def gt_relative_pose(self, ref_index: int, query_index: int) -> np.ndarray | None:
+        a, b = self._poses[ref_index], self._poses[query_index]
+        return None if a is None or b is None else relative_pose(a, b)
 
     def _decode_image(self, topic: str, locator, depth: bool):
         from ..ros import conversions as conv

@@ -231,15 +231,19 @@ def summarize(pairs: Sequence[PairResult], dropped_frames: int | None = None,
     return out
 
 
-def summarize_per_gap(pairs: Sequence[PairResult], with_latency: bool = False) -> dict[str, dict[str, float]]:
+def summarize_per_gap(pairs: Sequence[PairResult], with_latency: bool = False,
+                      gap_bin: int = 1) -> dict[str, dict[str, float]]:
     """``{str(gap): summary}`` for every gap present, in increasing gap order.
 
-    In replay mode the per-gap ``dropped_frames`` counts the pairs of that gap that got no output.
+    ``gap_bin`` > 1 groups gaps into bins keyed by their lower edge (``gap // bin * bin``), useful for the fixed
+    reference protocol where every query has its own gap. In replay mode the per-gap ``dropped_frames`` counts
+    the pairs of that gap for which no pose was published (dropped or failed).
     """
-    gaps = sorted({p.gap for p in pairs})
+    gap_bin = max(int(gap_bin), 1)
+    key = {p.gap: p.gap // gap_bin * gap_bin for p in pairs}
     out = {}
-    for g in gaps:
-        sub = [p for p in pairs if p.gap == g]
+    for g in sorted(set(key.values())):
+        sub = [p for p in pairs if key[p.gap] == g]
         dropped = sum(1 for p in sub if p.extra.get('dropped'))
         out[str(g)] = summarize(sub, dropped_frames=dropped, with_latency=with_latency)
     return out

@@ -36,6 +36,8 @@ class EvalResult:
     partial: bool = False
     partial_reason: str = ''
     dropped_frames: int = 0
+    #: per_gap groups gaps into bins of this many frames (1 = every gap on its own)
+    gap_bin: int = 1
     #: camera centres for the top-view plot: {'gt': (N,3), 'est': (N,3), 'ref': (M,3)} or None
     trajectory: dict | None = None
 
@@ -65,11 +67,11 @@ def build_metrics(result: EvalResult) -> dict:
     """The metrics.json dictionary of a result."""
     return _clean({
         'summary': M.summarize(result.pairs, result.dropped_frames, with_latency=result.with_latency),
-        'per_gap': M.summarize_per_gap(result.pairs, with_latency=result.with_latency),
+        'per_gap': M.summarize_per_gap(result.pairs, with_latency=result.with_latency, gap_bin=result.gap_bin),
         'pairs': [p.to_json() for p in result.pairs],
         'partial': bool(result.partial),
         'partial_reason': result.partial_reason,
-        'meta': dict(result.meta, mode=result.mode),
+        'meta': dict(result.meta, mode=result.mode, gap_bin=result.gap_bin),
         'details': M.details(result.pairs),
     })
 
