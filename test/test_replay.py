@@ -45,6 +45,7 @@ def test_replay_through_the_node_records_every_pose(bag, tmp_path):
     assert result.reference_index == 1 and result.rate_hz == pytest.approx(20.0, rel=1e-6)
     assert [f.index for f in result.frames] == list(range(6))
     assert result.published >= 5                         # best-effort camera QoS may lose one frame under load
+    assert result.dropped_frames == 6 - result.published
     T_expected = inverse_T(np.array([[1, 0, 0, CONSTANT_T[0]], [0, 1, 0, CONSTANT_T[1]],
                                      [0, 0, 1, CONSTANT_T[2]], [0, 0, 0, 1.0]]))
     for f in result.frames:
@@ -69,6 +70,8 @@ def test_gated_estimates_are_counted_not_published(bag):
     assert len(result.frames) == 5 and result.published == 0
     assert len(result.unmatched_confidences) >= 4 and set(result.unmatched_confidences) == {0.5}
     assert int(result.diagnostics['gated_poses']) >= 4
+    assert sum(f.status == 'not published' for f in result.frames) == len(result.unmatched_confidences)
+    assert result.dropped_frames == 5 - len(result.unmatched_confidences)
 
 
 def test_unusable_backend_fails_loudly(bag):

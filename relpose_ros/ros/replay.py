@@ -173,6 +173,14 @@ class ReplayFrame:
         return self.T_ref_from_query is not None
 
     @property
+    def status(self) -> str:
+        """'published'; 'not published' (the node estimated it but the estimate failed or was gated: only its
+        confidence came); 'dropped' (no output: replaced by a newer frame before the worker took it, or lost)."""
+        if self.published:
+            return 'published'
+        return 'not published' if self.confidence is not None else 'dropped'
+
+    @property
     def latency_s(self) -> float | None:
         return None if self.received_s is None else self.received_s - self.sent_s
 
@@ -194,7 +202,7 @@ class ReplayResult:
     reference_T_world_from_cam: np.ndarray | None
     rate_hz: float
     frames: list[ReplayFrame]
-    unmatched_confidences: list[float] = field(default_factory=list)  # estimates not published (gated / failed)
+    unmatched_confidences: list[float] = field(default_factory=list)  # of estimates not published (gated / failed)
     diagnostics: dict[str, str] = field(default_factory=dict)          # the node's last diagnostics values
     node_command: list[str] = field(default_factory=list)
     node_log: str = ''
@@ -211,10 +219,8 @@ class ReplayResult:
 
     @property
     def dropped_frames(self) -> int:
-        """Frames the node dropped (latest-only) by its diagnostics, else frames without any output."""
-        if 'dropped_frames' in self.diagnostics:
-            return _int(self.diagnostics['dropped_frames'])
-        return len(self.frames) - self.published - len(self.unmatched_confidences)
+        """Frames without any output (the node's own count of latest-only drops is ``diagnostics['dropped_frames']``)."""
+        return sum(f.status == 'dropped' for f in self.frames)
 
     def gt_T_query_from_ref(self, frame: ReplayFrame) -> np.ndarray | None:
         """Ground-truth ``T_query_from_ref`` of a frame, when the bag has ground truth for it and the reference."""
@@ -232,7 +238,7 @@ class ReplayResult:
             'startup_s': self.startup_s, 'duration_s': self.duration_s, 'diagnostics': self.diagnostics,
             'node_command': self.node_command,
             'frames': [{'index': f.index, 'stamp_ns': f.stamp_ns, 'sent_stamp_ns': f.sent_stamp_ns, 'sent_s': f.sent_s,
-                        'published': f.published, 'confidence': f.confidence, 'latency_s': f.latency_s,
+                        'status': f.status, 'confidence': f.confidence, 'latency_s': f.latency_s,
                         'T_ref_from_query': mat(f.T_ref_from_query), 'T_world_from_cam': mat(f.T_world_from_cam)}
                        for f in self.frames],
         }
@@ -563,8 +569,15 @@ def replay_bag(bag: str | Path, options: ReplayOptions | None = None, progress=N
         if pose_arrivals and pose_arrivals[j][0] <= arrival <= pose_arrivals[j][0] + CONFIDENCE_MATCH_S \
                 and pose_arrivals[j][1].confidence is None:
             pose_arrivals[j][1].confidence = confidence
-        else:
-            unmatched.append(confidence)
+            continue
+        unmatched.append(confidence)
+        # an estimate that was not published: attribute it to the newest frame sent before it without any output
+        # (the worker always takes the newest frame; approximate when frames are lost on the way)
+        t = arrival - t_live
+        for rf in reversed(played):
+            if rf.sent_s <= t and rf.T_ref_from_query is None and rf.confidence is None:
+                rf.confidence = confidence
+                break
     return ReplayResult(bag=str(bag), reference_index=ref_i, reference_stamp_ns=reference.stamp_ns,
                         reference_T_world_from_cam=reference.T_world_from_cam, rate_hz=rate, frames=played,
                         unmatched_confidences=unmatched, diagnostics=dict(recorder.diagnostics),
