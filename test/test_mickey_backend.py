@@ -1,0 +1,149 @@
+"""MicKey backend with an injected small model: caching, input handling, failures, determinism."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from relpose_ros.backends import create
+from relpose_ros.backends.mickey import MickeyEstimator
+from relpose_ros.errors import ConfigError, FrameError, WeightsError
+from relpose_ros.models.mickey import MickeyConfig, MickeyModel
+from relpose_ros.types import Frame
+
+from test_mickey_model import textured_image
+
+
+def K_for(W: int, H: int, f: float = 200.0) -> np.ndarray:
+    return np.array([[f, 0, W / 2], [0, f, H / 2], [0, 0, 1]])
+
+
+@pytest.fixture(scope='module')
+def model() -> MickeyModel:
+    torch.manual_seed(0)
+    return MickeyModel(MickeyConfig('vits14')).eval()
+
+
+def make(model, **config) -> MickeyEstimator:
+    cfg = {'image_size': [168, 126], 'num_sample_sets': 4, 'hypotheses_per_set': 50, 'min_inliers': 0}
+    cfg.update(config)
+    return MickeyEstimator(cfg, device='cpu', model=model)
+
+
+def frame(W: int = 200, H: int = 150, dx: int = 0, dy: int = 0) -> Frame:
+    return Frame(textured_image(H, W, dx, dy), K_for(W, H))
+
+
+def test_reference_is_extracted_once(model):
+    est = make(model)
+    calls = []
+    hook = model.extractor.register_forward_hook(lambda m, a, out: calls.append(out.grid))
+    try:
+        ref = est.prepare_reference(frame())
+        assert len(calls) == 1 and 'extract' in ref.timings
+        results = [est.estimate(ref, frame(dx=4, dy=2)) for _ in range(2)]
+    finally:
+        hook.remove()
+    assert len(calls) == 3                      # one extraction per live frame, none for the reference
+    a, b = results
+    assert np.all(np.isfinite(a.R)) and np.all(np.isfinite(a.t)) and 0.0 <= a.confidence <= 1.0
+    if a.ok:
+        assert a.confidence == pytest.approx(min(1.0, a.score / 2048))
+        assert np.allclose(a.R @ a.R.T, np.eye(3), atol=1e-5)
+    else:
+        assert a.reason and a.confidence == 0.0
+    assert np.array_equal(a.R, b.R) and np.array_equal(a.t, b.t) and a.score == b.score   # deterministic
+    assert {'preprocess', 'extract', 'match', 'sample'} <= set(a.timings)
+
+
+def test_sampling_is_seeded_and_proportional(model):
+    est = make(model, samples_per_set=64)
+    g = torch.Generator().manual_seed(3)
+    scores = torch.rand(20, 30, generator=g) ** 8
+    scores[:, :5] = 0.0                                            # never drawn while positive ones remain
+    ref_pts, pts = torch.randn(20, 3, generator=g), torch.randn(30, 3, generator=g)
+    X, Y, w = est.sample_correspondences(scores, ref_pts, pts)
+    X2, _, _ = est.sample_correspondences(scores, ref_pts, pts)
+    assert X.shape == (4, 64, 3) and Y.shape == (4, 64, 3) and w.shape == (4, 64)
+    assert torch.equal(X, X2)
+    assert bool((w > 0).all())
+    # each drawn (X, Y, w) is a consistent (reference point, query point, score) triple
+    i = torch.cdist(X.reshape(-1, 3), ref_pts).argmin(1)
+    j = torch.cdist(Y.reshape(-1, 3), pts).argmin(1)
+    assert torch.equal(scores[i, j], w.reshape(-1))
+    assert est.sample_correspondences(torch.zeros(20, 30), ref_pts, pts).startswith('no surviving matches')
+    nan = scores.clone()
+    nan[0, 0] = float('nan')
+    assert est.sample_correspondences(nan, ref_pts, pts) == 'non-finite network output'
+
+
+@pytest.mark.parametrize('W,H,expect', [(640, 480, (168, 126)), (480, 640, (126, 168)), (200, 150, (168, 126))])
+def test_processing_size_follows_orientation(model, W, H, expect):
+    est = make(model)
+    image, K = est.preprocess(frame(W, H))
+    assert tuple(image.shape) == (1, 3, expect[1], expect[0])
+    assert float(image.max()) <= 1.0 and float(image.min()) >= 0.0
+    assert K[0, 0, 0].item() == pytest.approx(200.0 * expect[0] / W)
+    assert K[0, 1, 1].item() == pytest.approx(200.0 * expect[1] / H)
+    assert K[0, 0, 2].item() == pytest.approx(expect[0] / 2) and K[0, 1, 2].item() == pytest.approx(expect[1] / 2)
+
+
+def test_native_size_and_portrait_estimate(model):
+    est = make(model, image_size=[])
+    ref = est.prepare_reference(frame(112, 140))
+    assert ref.features['kp'].grid == (10, 8)
+    res = est.estimate(ref, frame(112, 140, dx=3))
+    assert np.all(np.isfinite(res.R)) and (res.ok or res.reason)
+
+
+def test_too_small_image(model):
+    est = make(model, image_size=[])
+    with pytest.raises(FrameError, match=r'at least 7 patches.*98x98'):
+        est.prepare_reference(frame(97, 150))
+
+
+def test_intrinsics_not_matching_image(model):
+    est = make(model)
+    bad = Frame(textured_image(150, 200), K_for(640, 480))   # K of a 640x480 camera on a 200x150 image
+    with pytest.raises(FrameError, match='intrinsics do not match'):
+        est.prepare_reference(bad)
+
+
+def test_textureless_frame_fails_cleanly(model):
+    est = make(model)
+    ref = est.prepare_reference(frame())
+    flat = Frame(np.full((150, 200, 3), 128, np.uint8), K_for(200, 150))
+    res = est.estimate(ref, flat)
+    assert not res.ok and 'textureless' in res.reason and res.confidence == 0.0
+    res = est.estimate(est.prepare_reference(flat), frame())
+    assert not res.ok and res.reason.startswith('reference: textureless')
+
+
+def test_single_scored_cell_means_no_surviving_matches(model):
+    """A 7x7 patch grid keeps one cell inside the 3-cell score border: too few matches for a pose."""
+    est = make(model, image_size=[])
+    ref = est.prepare_reference(frame(98, 98))
+    res = est.estimate(ref, frame(98, 98, dx=2))
+    assert not res.ok and 'no surviving matches' in res.reason and res.confidence == 0.0
+    assert np.array_equal(res.R, np.eye(3)) and np.all(res.t == 0)
+
+
+def test_min_inliers_gate(model):
+    est = make(model, min_inliers=10 ** 6)
+    res = est.estimate(est.prepare_reference(frame()), frame(dx=4))
+    assert not res.ok and res.confidence == 0.0
+    assert 'too few inliers' in res.reason or 'solver' in res.reason
+
+
+def test_configuration_errors(tmp_path):
+    with pytest.raises(WeightsError, match='mickey.checkpoint is not set'):
+        create('mickey', {}, device='cpu')
+    with pytest.raises(WeightsError, match='not found'):
+        create('mickey', {'checkpoint': str(tmp_path / 'missing.ckpt')}, device='cpu')
+    with pytest.raises(ConfigError, match='unknown parameter'):
+        create('mickey', {'no_such_option': 1}, device='cpu')
+    with pytest.raises(ConfigError, match='image_size'):
+        create('mickey', {'image_size': [50, 40]}, device='cpu')
+    with pytest.raises(ConfigError, match='backbone_fp16'):
+        create('mickey', {'backbone_fp16': 'sometimes'}, device='cpu')
+    assert MickeyEstimator.depth_usage == 'none' and MickeyEstimator.name == 'mickey'
