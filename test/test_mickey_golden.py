@@ -23,6 +23,15 @@ from relpose_ros.models.mickey.matcher import DualSoftmaxDustbin, Matcher
 REL_TOL = 1e-4
 
 
+@pytest.fixture(scope='module', autouse=True)
+def one_torch_thread():
+    """One intra-op thread: on the shared 2-core machine spinning OpenMP workers slow small models 10x."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def assert_close(name: str, mine, golden: np.ndarray) -> None:
     a = mine.detach().cpu().numpy() if torch.is_tensor(mine) else np.asarray(mine)
     assert a.shape == golden.shape, f'{name}: shape {a.shape} != golden {golden.shape}'
@@ -51,7 +60,6 @@ def golden_weights(golden_mickey: Path) -> Path:
 
 @pytest.fixture(scope='module')
 def golden_model(golden_weights: Path):
-    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     return load_mickey(golden_weights / 'heads.pt', golden_weights / 'dinov2.pt', device='cpu')
 
 
