@@ -11,6 +11,7 @@ Pairs without ground truth are not scored at all; they are counted separately (`
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -257,7 +258,7 @@ def details(pairs: Sequence[PairResult]) -> dict[str, float]:
     reasons: dict[str, int] = {}
     for p in pairs:
         if p.has_gt and p.failed:
-            key = p.reason or 'not ok'
+            key = re.sub(r'\d+(\.\d+)?', 'N', p.reason) if p.reason else 'not ok'  # group by kind
             reasons[key] = reasons.get(key, 0) + 1
     return {
         'n_no_gt': sum(1 for p in pairs if not p.has_gt),

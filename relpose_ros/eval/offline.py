@@ -39,9 +39,11 @@ class FrameCache:
 
 
 def trajectory_from_pairs(world_poses: dict[int, np.ndarray | None], pairs: Seq[PairResult]) -> dict | None:
-    """World-frame camera centres (true and estimated) of the scored queries, for the top-view plot.
+    """World-frame camera centres for the top-view plot.
 
-    world_poses: frame index -> ``T_world_from_cam`` (or None when unknown).
+    world_poses: frame index -> ``T_world_from_cam`` (or None when unknown). Returns ``{'gt': (N,3) true query
+    centres, 'est': (N,3) estimated centres (NaN for failures), 'ref': (M,3) keyframes, 'path': (K,3) every
+    known frame in index order}`` or None without ground truth.
     """
     gt, est, refs = [], [], {}
     for p in pairs:
@@ -58,7 +60,8 @@ def trajectory_from_pairs(world_poses: dict[int, np.ndarray | None], pairs: Seq[
             est.append((T_ref @ inverse_T(T_q_r))[:3, 3])
     if not gt:
         return None
-    return {'gt': np.array(gt), 'est': np.array(est), 'ref': np.array(list(refs.values()))}
+    path = [world_poses[i][:3, 3] for i in sorted(world_poses) if world_poses[i] is not None]
+    return {'gt': np.array(gt), 'est': np.array(est), 'ref': np.array(list(refs.values())), 'path': np.array(path)}
 
 
 def evaluate_offline(estimator, sequence, pairs: Seq[Pair], progress: bool = True,

@@ -63,28 +63,45 @@ def error_vs_gap(pairs: Sequence[PairResult], path: Path) -> Path:
     return _save(fig, path)
 
 
-def trajectory_top_view(gt_centres: np.ndarray, est_centres: np.ndarray, path: Path,
-                        ref_centres: np.ndarray | None = None) -> Path:
-    """Top view (x-z plane of the reference camera / world) of true vs estimated camera centres.
+def top_view_axes(points: np.ndarray) -> tuple[int, int]:
+    """The two world axes with the largest spread (the top view drops the one with the least)."""
+    p = np.asarray(points, float).reshape(-1, 3)
+    p = p[np.all(np.isfinite(p), axis=1)]
+    if len(p) < 2:
+        return 0, 1
+    a, b = sorted(np.argsort(np.ptp(p, axis=0))[1:])
+    return int(a), int(b)
 
-    gt_centres, est_centres: (N,3) in the same frame (NaN rows are skipped); ref_centres: (M,3) keyframes.
+
+def trajectory_top_view(gt_centres: np.ndarray, est_centres: np.ndarray, path: Path,
+                        ref_centres: np.ndarray | None = None, gt_path: np.ndarray | None = None) -> Path:
+    """Top view of true vs estimated camera centres (world frame, the two axes of largest spread).
+
+    gt_centres, est_centres: (N,3) query centres (NaN rows = failures, drawn as red crosses at the truth);
+    ref_centres: (M,3) keyframes; gt_path: (K,3) the whole true trajectory in frame order.
     """
     gt, est = np.asarray(gt_centres, float).reshape(-1, 3), np.asarray(est_centres, float).reshape(-1, 3)
+    line = gt if gt_path is None or len(gt_path) < 2 else np.asarray(gt_path, float).reshape(-1, 3)
+    a, b = top_view_axes(line)
+    names = 'xyz'
     fig, ax = plt.subplots(figsize=(6, 6))
-    ax.plot(gt[:, 0], gt[:, 2], '-', color='0.3', lw=1.5, label='ground truth')
+    ax.plot(line[:, a], line[:, b], '-', color='0.5', lw=1.0, label='ground-truth path')
     ok = np.all(np.isfinite(est), axis=1)
-    ax.scatter(est[ok, 0], est[ok, 2], s=10, c='tab:orange', label='estimate', zorder=3)
-    for a, b in zip(gt[ok], est[ok]):
-        ax.plot([a[0], b[0]], [a[2], b[2]], color='tab:orange', lw=0.5, alpha=0.5)
+    for g, e in zip(gt[ok], est[ok]):
+        ax.plot([g[a], e[a]], [g[b], e[b]], color='tab:orange', lw=0.6, alpha=0.6)
+    ax.scatter(gt[ok, a], gt[ok, b], s=8, c='0.2', label='true query', zorder=3)
+    ax.scatter(est[ok, a], est[ok, b], s=10, c='tab:orange', label='estimated query', zorder=3)
+    if (~ok).any():
+        ax.scatter(gt[~ok, a], gt[~ok, b], marker='x', s=20, c='tab:red', label='failure', zorder=3)
     if ref_centres is not None and len(ref_centres):
         r = np.asarray(ref_centres, float).reshape(-1, 3)
-        ax.scatter(r[:, 0], r[:, 2], marker='*', s=80, c='tab:blue', label='reference keyframe', zorder=4)
-    ax.set_xlabel('x (m)')
-    ax.set_ylabel('z (m)')
+        ax.scatter(r[:, a], r[:, b], marker='*', s=80, c='tab:blue', label='reference keyframe', zorder=4)
+    ax.set_xlabel(f'{names[a]} (m)')
+    ax.set_ylabel(f'{names[b]} (m)')
     ax.set_aspect('equal', adjustable='datalim')
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title('Trajectory, top view')
+    ax.set_title('Trajectory, top view (world frame)')
     return _save(fig, path)
 
 
@@ -162,5 +179,6 @@ def write_all(pairs: Sequence[PairResult], out_dir: Path, trajectory: dict | Non
     }
     if trajectory is not None:
         files['trajectory'] = trajectory_top_view(trajectory['gt'], trajectory['est'],
-                                                  out_dir / f'{prefix}trajectory.png', trajectory.get('ref'))
+                                                  out_dir / f'{prefix}trajectory.png', trajectory.get('ref'),
+                                                  trajectory.get('path'))
     return {k: v.name for k, v in files.items()}
