@@ -98,7 +98,8 @@ def test_processing_size_follows_orientation(model, W, H, expect):
 
 
 def test_native_size_and_portrait_estimate(model):
-    est = make(model, image_size=[])
+    est = make(model, image_size=[0, 0], backbone_fp16='false')       # ROS-friendly spellings
+    assert est.model.extractor.backbone_fp16 is False
     ref = est.prepare_reference(frame(112, 140))
     assert ref.features['kp'].grid == (10, 8)
     res = est.estimate(ref, frame(112, 140, dx=3))
@@ -156,3 +157,14 @@ def test_configuration_errors(tmp_path):
     with pytest.raises(ConfigError, match='backbone_fp16'):
         create('mickey', {'backbone_fp16': 'sometimes'}, device='cpu')
     assert MickeyEstimator.depth_usage == 'none' and MickeyEstimator.name == 'mickey'
+
+
+def test_params_file_section_matches_defaults():
+    import yaml
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / 'config' / 'relocalize.yaml'
+    section = yaml.safe_load(path.read_text())['relocalize_node']['ros__parameters']['mickey']
+    assert set(section) == set(MickeyEstimator.default_config)
+    for key, value in section.items():
+        assert value == MickeyEstimator.default_config[key], key

@@ -26,6 +26,7 @@ from ..types import Frame, PoseEstimate
 from .base import Estimator, Reference, StageTimer
 
 PATCH = 14
+_FP16_CHOICES = {'auto': None, 'true': True, 'on': True, 'false': False, 'off': False, True: True, False: False}
 
 
 class MickeyEstimator(Estimator):
@@ -39,8 +40,8 @@ class MickeyEstimator(Estimator):
         'dinov2_weights': '',          # DINOv2 ViT-L/14 checkpoint (dinov2_vitl14_pretrain.pth), local path
         'backbone': 'vitl14',          # 'vitl14' (official) or 'vits14' (small, for own training)
         'image_size': [720, 540],      # processing size [long side, short side] px, follows the input's
-                                       # orientation; [] = native size
-        'backbone_fp16': 'auto',       # float16 autocast of the backbone on CUDA: 'auto' (on with CUDA), true, false
+                                       # orientation; [] or [0, 0] = native size
+        'backbone_fp16': 'auto',       # float16 autocast of the backbone on CUDA: 'auto' (on with CUDA), 'true', 'false'
         'num_sample_sets': 20,         # outer RANSAC iterations (sets of sampled correspondences)
         'samples_per_set': 2048,       # correspondences drawn per set from the final scores
         'hypotheses_per_set': 100,     # minimal-set hypotheses per set
@@ -70,8 +71,9 @@ class MickeyEstimator(Estimator):
             model = load_mickey(c['checkpoint'], c['dinov2_weights'] or None, MickeyConfig(c['backbone']),
                                 device=self.device)
         self.model = model.to(self.device).eval()
-        fp16 = c['backbone_fp16']
-        self.model.extractor.backbone_fp16 = (self.device.type == 'cuda') if fp16 == 'auto' else bool(fp16)
+        fp16 = _FP16_CHOICES[c['backbone_fp16'] if isinstance(c['backbone_fp16'], bool)
+                             else str(c['backbone_fp16']).lower()]
+        self.model.extractor.backbone_fp16 = (self.device.type == 'cuda') if fp16 is None else fp16
         self.solver_config = SolverConfig(hypotheses_per_set=int(c['hypotheses_per_set']),
                                           th_score=float(c['score_threshold']),
                                           th_refine=float(c['inlier_threshold']),
@@ -81,10 +83,12 @@ class MickeyEstimator(Estimator):
     def _check_config(self) -> None:
         c = self.config
         size = list(c['image_size'] or [])
-        if size and (len(size) != 2 or min(size) < MIN_PATCHES * PATCH or size[0] < size[1]):
+        if size and any(v != 0 for v in size) and (len(size) != 2 or min(size) < MIN_PATCHES * PATCH
+                                                     or size[0] < size[1]):
             raise ConfigError(f'mickey.image_size must be [] or [long side, short side] with both >= '
                               f'{MIN_PATCHES * PATCH} px, got {c["image_size"]}')
-        if c['backbone_fp16'] not in ('auto', True, False):
+        fp16 = c['backbone_fp16']
+        if (fp16 if isinstance(fp16, bool) else str(fp16).lower()) not in _FP16_CHOICES:
             raise ConfigError(f"mickey.backbone_fp16 must be 'auto', true or false, got {c['backbone_fp16']!r}")
         for key in ('num_sample_sets', 'samples_per_set', 'hypotheses_per_set'):
             if int(c[key]) < 1:
@@ -98,7 +102,7 @@ class MickeyEstimator(Estimator):
     def processing_size(self, width: int, height: int) -> tuple[int, int]:
         """(width, height) the network sees for an input of that size (orientation preserved)."""
         size = self.config['image_size']
-        if not size:
+        if not size or not any(size):
             return width, height
         long_side, short_side = int(size[0]), int(size[1])
         return (long_side, short_side) if width >= height else (short_side, long_side)
