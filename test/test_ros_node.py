@@ -421,8 +421,23 @@ def test_backend_config_error_keeps_node_alive_and_reports(harness):
     assert h.transforms == [] and h.confidences == []
 
 
+def test_publish_tf_without_tf2_ros_logs_once_and_keeps_publishing(harness):
+    import importlib.util
+
+    h = harness(params={'publish_tf': True, 'reference_frame_id': 'keyframe'})
+    have_tf2 = importlib.util.find_spec('tf2_ros') is not None
+    assert h.node.tf_status == ('broadcasting' if have_tf2 else 'unavailable: tf2_ros not importable')
+    h.set_reference_topic(make_frame(now_ns(), 'ref_cam'))
+    stamp = now_ns()
+    h.publish_live(make_frame(stamp))
+    assert h.transform_for(stamp) is not None
+    assert h.wait(lambda: h.diagnostics and h.diagnostics[-1]['tf'] == h.node.tf_status, 3)
+
+
 def test_unknown_backend_and_unknown_backend_key(context):
     for overrides, needle in (([Parameter('backend', value='nope')], 'available'),
+                              ([Parameter('backend', value='rgbd'), Parameter('use_depth', value=False)],
+                               'use_depth is false'),
                               ([Parameter('backend', value='constant'), Parameter('constant.bogus', value=1)],
                                'constant.bogus')):
         node = RelocalizeNode(context=context, namespace=f'/u{next(_ns)}', parameter_overrides=overrides)

@@ -143,6 +143,27 @@ def test_pipeline_clear_discards_a_reference_being_prepared():
         p.stop()
 
 
+def test_a_reference_that_fails_to_prepare_clears_the_old_one():
+    errors = []
+
+    class Picky(ConstantEstimator):
+        def prepare_reference(self, frame):
+            if frame.frame_id == 'bad':
+                raise ValueError('reference has no depth')
+            return super().prepare_reference(frame)
+    p = RelocalizationPipeline(Picky(device='cpu'), lambda f, e, r: None, on_error=errors.append)
+    p.start()
+    try:
+        p.submit_reference(_frame(frame_id='good'))
+        assert p.wait_idle() and p.has_reference
+        p.submit_reference(_frame(frame_id='bad'))
+        assert p.wait_idle()
+        assert not p.has_reference and p.stats.reference_errors == 1
+        assert 'reference has no depth' in errors[0] and 'reference cleared' in errors[0]
+    finally:
+        p.stop()
+
+
 def test_request_reference_takes_the_next_live_frame():
     results = []
     p = RelocalizationPipeline(ConstantEstimator(device='cpu'), lambda f, e, r: results.append((f, e, r)))

@@ -81,6 +81,8 @@ class RelocalizeNode(Node):
         self.create_service(Trigger, '~/set_reference', self._srv_set_reference)
         self.create_service(Trigger, '~/clear_reference', self._srv_clear_reference)
         self._tf_broadcaster = self._make_tf_broadcaster() if self.p['publish_tf'] else None
+        self.tf_status = ('off' if not self.p['publish_tf'] else
+                          'broadcasting' if self._tf_broadcaster is not None else 'unavailable: tf2_ros not importable')
         self.create_timer(self.p['diagnostics_period'], self.publish_diagnostics)
         self.pipeline.start()
         self.get_logger().info(
@@ -166,6 +168,9 @@ class RelocalizeNode(Node):
             if unknown:
                 raise ConfigError(f"unknown parameters for backend '{name}': {', '.join(unknown)}; known: "
                                   f"{', '.join(sorted(defaults)) or '(none)'}")
+            if cls.depth_usage == 'reference' and not self.p['use_depth']:
+                raise ConfigError(f"backend '{name}' needs a reference depth image but use_depth is false; set "
+                                  'use_depth: true and provide the depth topics, or choose another backend')
             return create(name, unflatten(flat), self.p['device']), None
         except ConfigError as exc:
             return None, str(exc)
@@ -319,6 +324,7 @@ class RelocalizeNode(Node):
             'last_confidence': self.last_confidence, 'last_inliers': self.last_inliers,
             'last_estimate_ms': s.last_estimate_s * 1e3,
             'references_set': s.references_set, 'reference_errors': s.reference_errors,
+            'last_reference_error': s.last_reference_error, 'tf': self.tf_status,
             'unsynchronised_frames': self.live_sync.unmatched,
             'skipped_frames': sum(self.skipped.values()),
         }

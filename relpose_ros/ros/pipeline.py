@@ -174,7 +174,11 @@ class RelocalizationPipeline:
         except Exception as exc:  # a bad reference must not kill the worker
             self.stats.reference_errors += 1
             self.stats.last_reference_error = f'{type(exc).__name__}: {exc}'
-            self.on_error(f'could not prepare the reference: {self.stats.last_reference_error}')
+            with self._cond:  # never keep estimating against a keyframe the user replaced
+                if generation == self._generation:
+                    self._reference = self._reference_original = None
+            self.on_error(f'could not prepare the new reference, reference cleared: '
+                          f'{self.stats.last_reference_error}')
             return
         with self._cond:
             if generation == self._generation:
