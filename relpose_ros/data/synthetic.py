@@ -170,8 +170,9 @@ class SyntheticScene:
         self.box_lo, self.box_hi = self._place_boxes(rng, num_boxes, clearance)
         self.faces: list[Face] = []
         self.atlas = self._build_atlas(rng)
-        self._face_table = np.array([[f.axis_u, f.axis_v, f.u0, f.v0, f.x0, f.y0, f.w, f.h] for f in self.faces],
-                                    dtype=np.float64)
+        table = np.array([[f.axis_u, f.axis_v, f.u0, f.v0, f.x0, f.y0, f.w - 1, f.h - 1] for f in self.faces])
+        self._face_axes = table[:, :2].astype(np.intp).T                                 # (2, F) tangent axes
+        self._face_f32 = [np.ascontiguousarray(c, dtype=np.float32) for c in table[:, 2:].T]  # u0 v0 x0 y0 w h
         self._ray_cache: dict[tuple, np.ndarray] = {}
 
     # -- construction
@@ -229,7 +230,7 @@ class SyntheticScene:
         if rays is None:
             u, v = np.meshgrid(np.arange(width, dtype=np.float64), np.arange(height, dtype=np.float64))
             pix = np.stack([u.ravel(), v.ravel(), np.ones(u.size)], axis=1)
-            rays = np.linalg.inv(K) @ pix.T                   # (3, N), camera z = 1
+            rays = (np.linalg.inv(K) @ pix.T).astype(np.float32)   # (3, N), camera z = 1
             self._ray_cache = {key: rays}
         return rays
 
@@ -239,6 +240,22 @@ class SyntheticScene:
         if np.any(p <= self.room_lo) or np.any(p >= self.room_hi):
             return False
         return not bool(np.any(np.all((p > self.box_lo) & (p < self.box_hi), axis=1)))
+
+    def _box_region(self, k: int, T: np.ndarray, K: np.ndarray, width: int, height: int):
+        """Pixel rectangle (row0, row1, col0, col1) that box ``k`` can cover, None if it is out of view."""
+        lo, hi = self.box_lo[k], self.box_hi[k]
+        corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+        X = (corners - T[:3, 3]) @ T[:3, :3]                                  # camera frame (8, 3)
+        if np.all(X[:, 2] <= 0):
+            return None
+        if np.any(X[:, 2] <= 1e-3):                                           # straddles the camera plane
+            return 0, height, 0, width
+        uv = X @ K.T
+        uv = uv[:, :2] / uv[:, 2:3]
+        c0, r0 = np.floor(uv.min(axis=0)).astype(int) - 1
+        c1, r1 = np.ceil(uv.max(axis=0)).astype(int) + 2
+        c0, c1, r0, r1 = max(c0, 0), min(c1, width), max(r0, 0), min(r1, height)
+        return None if c0 >= c1 or r0 >= r1 else (r0, r1, c0, c1)
 
     def render(self, T_world_from_cam, K, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
         """Render ``(rgb HxWx3 uint8, depth HxW float32 metres)`` of the camera at ``T_world_from_cam``."""
@@ -250,45 +267,45 @@ class SyntheticScene:
         if not self.inside_free_space(origin):
             raise ConfigError(f'camera centre {origin.round(3).tolist()} is outside the room or inside a box')
         # per-axis (3, N) float32 arrays: reductions over a length-3 last axis are slow in numpy
-        dirs = (T[:3, :3] @ self._camera_rays(K, width, height)).astype(np.float32)   # (3, N), camera z = 1
+        dirs = T[:3, :3].astype(np.float32) @ self._camera_rays(K, width, height)     # (3, N), camera z = 1
         dirs[np.abs(dirs) < 1e-12] = 1e-12
         inv = 1.0 / dirs
         o = origin.astype(np.float32)
         # room: the exit face along the axis whose wall is reached first
-        t_room = np.where(dirs > 0, self.room_hi[:, None], self.room_lo[:, None]).astype(np.float32)
-        t_room = (t_room - o[:, None]) * inv                                             # (3, N)
+        lo_room, hi_room = (self.room_lo - origin).astype(np.float32), (self.room_hi - origin).astype(np.float32)
+        t_room = np.where(dirs > 0, hi_room[:, None], lo_room[:, None]) * inv             # (3, N)
         axis = np.argmin(t_room, axis=0)
         depth = np.minimum(np.minimum(t_room[0], t_room[1]), t_room[2])
-        cols = np.arange(dirs.shape[1])
-        face = 2 * axis + (dirs[axis, cols] > 0)
-        # boxes: slab test, all boxes at once, (B, N) per axis
-        if len(self.box_lo):
-            lo = (self.box_lo - origin).astype(np.float32)                                # (B, 3)
-            hi = (self.box_hi - origin).astype(np.float32)
-            t_min, t_max = [], []
-            for a in range(3):
-                t1, t2 = lo[:, a, None] * inv[a], hi[:, a, None] * inv[a]               # (B, N)
-                t_min.append(np.minimum(t1, t2))
-                t_max.append(np.maximum(t1, t2))
+        face = 2 * axis + (np.take_along_axis(dirs, axis[None], axis=0)[0] > 0)
+        # boxes: slab test per box, only over the pixels its screen-space bounding box covers
+        dirs_img, inv_img = dirs.reshape(3, height, width), inv.reshape(3, height, width)
+        depth_img, face_img = depth.reshape(height, width), face.reshape(height, width)     # views
+        for k in range(len(self.box_lo)):
+            region = self._box_region(k, T, K, width, height)
+            if region is None:
+                continue
+            rows, cols_ = slice(region[0], region[1]), slice(region[2], region[3])
+            iv = inv_img[:, rows, cols_]                                                  # (3, h, w)
+            t1 = (self.box_lo[k] - origin).astype(np.float32)[:, None, None] * iv
+            t2 = (self.box_hi[k] - origin).astype(np.float32)[:, None, None] * iv
+            t_min, t_max = np.minimum(t1, t2), np.maximum(t1, t2)
             t_near = np.maximum(np.maximum(t_min[0], t_min[1]), t_min[2])
             t_far = np.minimum(np.minimum(t_max[0], t_max[1]), t_max[2])
-            t_near[(t_near >= t_far) | (t_near <= 0)] = np.inf
-            b = np.argmin(t_near, axis=0)                                                # (N,)
-            t_box = t_near[b, cols]
-            hit = t_box < depth
-            box_axis = np.argmax(np.stack([tm[b, cols] for tm in t_min]), axis=0)
-            box_face = 6 + 6 * b + 2 * box_axis + (dirs[box_axis, cols] < 0)            # entering from the high side
-            depth = np.where(hit, t_box, depth)
-            face = np.where(hit, box_face, face)
-        # texture lookup in the atlas
-        ft = self._face_table[face].astype(np.float32)                                   # (N, 8)
-        au, av = ft[:, 0].astype(np.intp), ft[:, 1].astype(np.intp)
-        pu = o[au] + depth * dirs[au, cols]
-        pv = o[av] + depth * dirs[av, cols]
-        tu = np.clip((pu - ft[:, 2]) * self.density, 0.0, ft[:, 6] - 1.0)
-        tv = np.clip((pv - ft[:, 3]) * self.density, 0.0, ft[:, 7] - 1.0)
-        map_x = (ft[:, 4] + tu).reshape(height, width)
-        map_y = (ft[:, 5] + tv).reshape(height, width)
+            d = depth_img[rows, cols_]
+            hit = (t_near < t_far) & (t_near > 0) & (t_near < d)
+            if not hit.any():
+                continue
+            box_axis = np.argmax(t_min, axis=0)                                          # entry face axis
+            side = np.take_along_axis(dirs_img[:, rows, cols_], box_axis[None], axis=0)[0] < 0  # from the high side
+            d[hit] = t_near[hit]
+            face_img[rows, cols_][hit] = (6 + 6 * k + 2 * box_axis + side)[hit]
+        # texture lookup in the atlas: face-local coordinates of the hit point -> atlas texel
+        points = o[:, None] + depth * dirs                                                 # (3, N)
+        u0, v0, x0, y0, w_max, h_max = (c[face] for c in self._face_f32)
+        tu = np.clip((np.choose(self._face_axes[0][face], points) - u0) * self.density, 0.0, w_max)
+        tv = np.clip((np.choose(self._face_axes[1][face], points) - v0) * self.density, 0.0, h_max)
+        map_x = (x0 + tu).reshape(height, width)
+        map_y = (y0 + tv).reshape(height, width)
         rgb = cv2.remap(self.atlas, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         return rgb, depth.astype(np.float32).reshape(height, width)
 

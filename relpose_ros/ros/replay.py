@@ -38,6 +38,46 @@ IMAGE_TYPES = {'sensor_msgs/msg/Image': 'raw', 'sensor_msgs/msg/CompressedImage'
 CONFIDENCE_MATCH_S = 0.5        # a confidence belongs to the pose received at most this long before it
 
 
+# Fast DDS puts a message into shared memory only when it fits the *sender's* segment (default 512 KiB); a
+# 640x480 rgb8 image (900 KiB) then goes over UDP in fragments, and a best-effort (sensor-data) subscriber such as
+# the node loses most of them. The replay publisher therefore uses a participant profile with a large segment.
+FASTDDS_SEGMENT_BYTES = 16 * 1024 * 1024
+FASTDDS_PROFILE = f"""<?xml version="1.0" encoding="UTF-8" ?>
+<profiles xmlns="http://www.eprosima.com/XMLSchemas/fastRTPS_Profiles">
+  <transport_descriptors>
+    <transport_descriptor>
+      <transport_id>relpose_large_shm</transport_id>
+      <type>SHM</type>
+      <segment_size>{FASTDDS_SEGMENT_BYTES}</segment_size>
+    </transport_descriptor>
+  </transport_descriptors>
+  <participant profile_name="relpose_replay" is_default_profile="true">
+    <rtps>
+      <userTransports><transport_id>relpose_large_shm</transport_id></userTransports>
+      <useBuiltinTransports>true</useBuiltinTransports>
+    </rtps>
+  </participant>
+</profiles>
+"""
+_PROFILE_VARS = ('FASTDDS_DEFAULT_PROFILES_FILE', 'FASTRTPS_DEFAULT_PROFILES_FILE')
+
+
+def use_large_message_transport(env: dict[str, str] | None = None) -> str | None:
+    """Point Fast DDS at a profile with a large shared-memory segment unless the user configured Fast DDS or chose
+    another RMW. Takes effect for participants created afterwards in processes that have not created one yet
+    (Fast DDS reads the profile file once per process). Returns the profile path when it set it."""
+    env = os.environ if env is None else env
+    if any(v in env for v in _PROFILE_VARS) or env.get('RMW_IMPLEMENTATION', 'rmw_fastrtps_cpp') != 'rmw_fastrtps_cpp':
+        return None
+    path = Path(tempfile.gettempdir()) / f'relpose_replay_fastdds_{FASTDDS_SEGMENT_BYTES >> 20}mb.xml'
+    if not path.is_file() or path.read_text() != FASTDDS_PROFILE:
+        tmp = path.with_suffix(f'.{os.getpid()}.tmp')
+        tmp.write_text(FASTDDS_PROFILE)
+        tmp.replace(path)
+    env['FASTDDS_DEFAULT_PROFILES_FILE'] = str(path)
+    return str(path)
+
+
 class ReplayError(RelposeError):
     """The node could not be started, never became ready, or the replay could not run."""
 
@@ -351,7 +391,7 @@ class _Recorder:
         self.node = rclpy.create_node(f'relpose_replay_{os.getpid()}', context=self.context)
         ns = opts.namespace.rstrip('/')
         self.ns = ns
-        reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        reliable = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE)   # small history: shared memory
         record = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE)
         image_type = CompressedImage if image_transport == 'compressed' else Image
         image_suffix = '/compressed' if image_transport == 'compressed' else ''
@@ -486,6 +526,7 @@ def replay_bag(bag: str | Path, options: ReplayOptions | None = None, progress=N
             params['depth_transport'] = stream.depth_transport
         params.update(opts.node_params)
         command = node_command(opts.namespace, params, opts.node_name)
+    use_large_message_transport()
     t_start = time.monotonic()
     recorder = _Recorder(opts, stream.image_transport, stream.depth_transport)
     try:
