@@ -101,3 +101,19 @@ def test_invalid_parameter_exits_with_reason():
     assert proc.returncode == 2
     assert 'device must be one of auto, cpu, cuda' in proc.stderr
     assert 'Traceback' not in proc.stderr
+
+
+def test_bench_node_runs_and_reports_every_stage(tmp_path):
+    """Smoke test of `relpose bench node` (numbers are not asserted: speed is measured by the bench)."""
+    import json
+
+    from relpose_ros.cli import main
+
+    out = tmp_path / 'bench_node.json'
+    assert main(['bench', 'node', '--frames', '3', '--warmup', '1', '--width', '160', '--height', '120',
+                 '--json', str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert set(result['stages']) == {'receive', 'convert', 'sync', 'build', 'publish', 'end_to_end'}
+    assert result['overhead_ms'] == pytest.approx(sum(result['stages'][k]['mean_ms'] for k in
+                                                      ('receive', 'convert', 'sync', 'build', 'publish')))
+    assert all(s['mean_ms'] > 0 for s in result['stages'].values())
