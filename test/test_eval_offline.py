@@ -115,3 +115,17 @@ def test_submission_scoring_counts_missing_and_nan_lines(tmp_path, mapfree_scene
     (tmp_path / 'bad.zip').write_text('not a zip')
     with pytest.raises(DatasetError, match='not a zip'):
         MS.read_submission(tmp_path / 'bad.zip')
+
+
+@pytest.mark.data
+def test_eval_on_seven_scenes_scores_real_ground_truth(tmp_path, seven_scenes):
+    out = tmp_path / 'out'
+    assert main(['eval', '--backend', 'constant', '--dataset', f'7scenes:{seven_scenes}', '--every', '300',
+                 '--gaps', '30', '--out', str(out), '--no-progress', '--no-plots']) == 0
+    m = json.loads((out / 'metrics.json').read_text())
+    seq = open_dataset(f'7scenes:{seven_scenes}')
+    assert [(p['reference'], p['query']) for p in m['pairs']] == [(0, 30), (300, 330), (600, 630), (900, 930)]
+    for p in m['pairs']:  # identity estimate: the rotation error is the true relative rotation angle
+        T = seq.gt_relative_pose(p['reference'], p['query'])
+        angle = np.degrees(np.arccos(np.clip((np.trace(T[:3, :3]) - 1) / 2, -1, 1)))
+        assert p['rot_err_deg'] == pytest.approx(angle, abs=1e-6)

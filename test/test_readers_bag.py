@@ -125,7 +125,6 @@ def test_camera_info_inconsistent_with_image(tmp_path, synth):
         seq[0]
 
 
-@pytest.mark.slow
 def test_truncated_bag_keeps_partial_results(tmp_path):
     synth = SyntheticSequence(num_frames=30, width=160, height=120, seed=1)   # ~3 MCAP chunks
     bw.write_bag(synth, tmp_path / 'bag')
@@ -144,3 +143,8 @@ def test_truncated_bag_keeps_partial_results(tmp_path):
     (tmp_path / 'cut' / 'bag.mcap').write_bytes(data[:100])
     with pytest.raises(DatasetError, match='no image topic found.*truncated'):
         open_dataset(f'bag:{tmp_path / "cut"}')
+    bw.write_bag(synth, tmp_path / 'db', storage='sqlite3', indices=range(4))
+    db = tmp_path / 'db' / 'db.db3'
+    db.write_bytes(db.read_bytes()[:db.stat().st_size // 2])
+    with pytest.raises(DatasetError, match='cannot read bag .*truncated .db3 cannot be recovered'):
+        open_dataset(f'bag:{tmp_path / "db"}')

@@ -22,7 +22,6 @@ Messages are decoded with :mod:`relpose_ros.ros.conversions` (pure numpy on rosb
 """
 from __future__ import annotations
 
-from bisect import bisect_left
 from pathlib import Path
 
 import numpy as np
