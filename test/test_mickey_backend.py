@@ -168,3 +168,21 @@ def test_params_file_section_matches_defaults():
     assert set(section) == set(MickeyEstimator.default_config)
     for key, value in section.items():
         assert value == MickeyEstimator.default_config[key], key
+
+
+def test_bench_runs_and_reports(tmp_path, capsys):
+    """The benchmark's code path (small backbone, tiny size, one repeat): table printed, JSON complete."""
+    import json
+
+    from relpose_ros.cli import main
+
+    out = tmp_path / 'bench.json'
+    assert main(['bench', 'mickey', '--backbone', 'vits14', '--sizes', '112x126', '--repeats', '1',
+                 '--threads', '1', '--device', 'cpu', '--json', str(out)]) == 0
+    assert 'ratio' in capsys.readouterr().out
+    result = json.loads(out.read_text())
+    row, = result['rows']
+    assert row['size'] == '112x126' and row['grid'] == [8, 9]
+    assert row['live_ms'] > 0 and row['pair_ms'] > 0 and row['ratio'] == pytest.approx(row['live_ms'] / row['pair_ms'])
+    assert row['peak_rss_mb'] > 0 and 'extract' in row['stages_ms']
+    assert result['weights'] == 'random initialisation' and result['device'] == 'cpu'

@@ -209,7 +209,8 @@ class MickeyEstimator(Estimator):
         S, n = int(self.config['num_sample_sets']), min(int(self.config['samples_per_set']), M * N)
         gen = torch.Generator(device=p.device).manual_seed(int(self.config['seed']))
         probs = p / p.sum()
-        if S * M * N <= 1 << 24:
+        batched_limit = 1 << 28 if p.is_cuda else 1 << 24                  # elements of the (S, M*N) key buffer
+        if S * M * N <= batched_limit:
             flat = torch.multinomial(probs.expand(S, -1), n, replacement=False, generator=gen)   # (S,n)
         else:  # large maps: one set at a time keeps the temporary buffer to one M*N row
             flat = torch.stack([torch.multinomial(probs, n, replacement=False, generator=gen) for _ in range(S)])

@@ -66,15 +66,18 @@ def _model(args):
     return load_mickey(ckpt, dino, MickeyConfig(args.backbone)), f'{ckpt} + {dino}'
 
 
-def _timed(fn, repeats: int, sync) -> tuple[float, Any]:
-    times, out = [], None
+def _interleaved(fns: dict[str, Any], repeats: int, sync) -> dict[str, tuple[float, Any]]:
+    """Median seconds (and last output) of each function, runs interleaved so load changes hit all alike."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    outs: dict[str, Any] = {}
     for _ in range(repeats):
-        sync()
-        t0 = time.perf_counter()
-        out = fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
+        for k, fn in fns.items():
+            sync()
+            t0 = time.perf_counter()
+            outs[k] = fn()
+            sync()
+            times[k].append(time.perf_counter() - t0)
+    return {k: (statistics.median(v), outs[k]) for k, v in times.items()}
 
 
 def _measure(est, H: int, W: int, repeats: int) -> dict[str, Any]:
@@ -88,8 +91,9 @@ def _measure(est, H: int, W: int, repeats: int) -> dict[str, Any]:
         torch.cuda.reset_peak_memory_stats(est.device)
     ref = est.prepare_reference(ref_frame)
     est.estimate(ref, query)                                        # warm-up (kernels, page-in)
-    live_s, live = _timed(lambda: est.estimate(ref, query), repeats, sync)
-    pair_s, _ = _timed(lambda: est.estimate_pair(ref_frame, query), repeats, sync)
+    timed = _interleaved({'live': lambda: est.estimate(ref, query),
+                          'pair': lambda: est.estimate_pair(ref_frame, query)}, repeats, sync)
+    (live_s, live), (pair_s, _) = timed['live'], timed['pair']
     row = {'size': f'{H}x{W}', 'grid': list(ref.features['kp'].grid), 'live_ms': 1e3 * live_s,
            'pair_ms': 1e3 * pair_s, 'ratio': live_s / pair_s,
            'stages_ms': {k: 1e3 * v for k, v in live.timings.items()}, 'ok': live.ok, 'reason': live.reason,
