@@ -33,7 +33,7 @@ def test_identity_gives_zero_errors():
 def test_known_translation_error_and_vcre():
     T_gt = np.eye(4)
     T_gt[:3, 3] = [0.0, 0.0, -1.0]
-    t_est = np.array([0.1, 0.0, -1.0])  # shifts every virtual point by 0.1 m along x
+    t_est = np.array([0.1, 0.0, -1.0])  # residual shifts every virtual point by -0.1 m along x
     e = m.pair_errors(np.eye(3), t_est, T_gt, K, W, H)
     assert e.trans_err_m == pytest.approx(0.1)
     assert e.rot_err_deg == pytest.approx(0.0, abs=1e-6)
@@ -53,8 +53,23 @@ def test_known_rotation_error():
     assert e.vcre_px == pytest.approx(np.mean(2 * r_px * np.sin(np.radians(5.0))), rel=1e-9)
 
 
+def test_vcre_uses_the_residual_transform():
+    # a general pose: VCRE = mean |K X - K T_est^-1 T_gt X| over the grid (no point leaves this wide image)
+    T_gt = np.eye(4)
+    T_gt[:3, :3], T_gt[:3, 3] = te.euler2mat(0.1, -0.2, 0.05), [0.2, -0.1, 0.3]
+    T_est = np.eye(4)
+    T_est[:3, :3], T_est[:3, 3] = te.euler2mat(0.12, -0.18, 0.04), [0.25, -0.12, 0.28]
+    Kw = np.array([[500.0, 0, 2000], [0, 500.0, 2000], [0, 0, 1]])
+    Xh = np.c_[m.virtual_points(), np.ones(196)]
+    X_res = (np.linalg.inv(T_est) @ T_gt @ Xh.T).T[:, :3]
+    uv = lambda X: (X @ Kw.T)[:, :2] / X[:, 2:3]  # noqa: E731
+    expected = np.linalg.norm(uv(Xh[:, :3]) - uv(X_res), axis=1).mean()
+    e = m.pair_errors(T_est[:3, :3], T_est[:3, 3], T_gt, Kw, 4000, 4000)
+    assert e.vcre_px == pytest.approx(expected, rel=1e-12) and expected > 1.0
+
+
 def test_vcre_clips_projections_to_image():
-    t_est = np.array([100.0, 0.0, 0.0])  # every estimated projection far right -> clipped to u = W
+    t_est = np.array([-100.0, 0.0, 0.0])  # residual X + 100 m: every estimated projection clipped to u = W
     e = m.pair_errors(np.eye(3), t_est, np.eye(4), K, W, H)
     # true projections are symmetric about cx = 320, so the mean distance to u = 640 is 320 exactly
     assert e.vcre_px == pytest.approx(W - 320.0)

@@ -43,22 +43,21 @@ _VIRTUAL_POINTS = virtual_points()
 
 
 def vcre_px(R_est, t_est, R_gt, t_gt, K, width: int, height: int) -> float:
-    """Virtual correspondence reprojection error (px) of ``T_query_from_ref`` estimate vs truth.
+    """Virtual correspondence reprojection error (px) of a ``T_query_from_ref`` estimate vs the truth.
 
-    The virtual points X_q live in the true query frame; under the truth they project with K; under the
-    estimate they are first taken to the reference frame with the true pose (X_r = R_gt^T (X_q - t_gt)) and
-    brought back with the estimate (R_est X_r + t_est). Both projections are clipped to
-    [0, width] x [0, height] before the mean Euclidean distance is taken.
+    As the Map-free benchmark evaluates it: the 196 virtual points X (in front of the camera) project with the
+    query's K as ``K X`` under the truth and as ``K T_est^-1 T_gt X`` under the estimate, i.e.
+    ``R_est^T (R_gt X + t_gt - t_est)`` (the residual transform, identity for a perfect estimate). Both
+    projections are clipped to [0, width] x [0, height]; VCRE is the mean Euclidean distance.
     """
     R_est, R_gt = np.asarray(R_est, float), np.asarray(R_gt, float)
     t_est, t_gt = np.asarray(t_est, float).reshape(3), np.asarray(t_gt, float).reshape(3)
-    X_q = _VIRTUAL_POINTS
-    X_r = (X_q - t_gt) @ R_gt                      # (196,3): R_gt^T (X_q - t_gt)
-    X_est = X_r @ R_est.T + t_est                  # (196,3)
+    X = _VIRTUAL_POINTS
+    X_res = (X @ R_gt.T + (t_gt - t_est)) @ R_est        # (196,3): R_est^T (R_gt X + t_gt - t_est)
     lo, hi = np.zeros(2), np.array([float(width), float(height)])
     with np.errstate(divide='ignore', invalid='ignore'):
-        uv_gt = np.clip(project(X_q, K), lo, hi)
-        uv_est = np.clip(project(X_est, K), lo, hi)
+        uv_gt = np.clip(project(X, K), lo, hi)
+        uv_est = np.clip(project(X_res, K), lo, hi)
     uv_est = np.where(np.isfinite(uv_est), uv_est, hi)  # a point on the camera centre lands on the border
     return float(np.linalg.norm(uv_gt - uv_est, axis=1).mean())
 
