@@ -35,7 +35,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     g.add_argument('--gaps', type=int, nargs='+', default=[30, 60, 100], help='keyframe protocol: query gaps')
     g.add_argument('--max-pairs', type=int, default=None, help='score only the first N pairs (replay: play N frames)')
     g.add_argument('--gap-bin', type=int, default=None,
-                   help='per_gap groups gaps into bins of this many frames (default 1; 10 for fixed and replay)')
+                   help='per_gap groups gaps into bins of this many frames (default 1; 10 for fixed and replay, '
+                        '100 for mapfree)')
     r = p.add_argument_group('replay mode')
     r.add_argument('--rate', type=float, default=1.0, help='playback speed factor (1 = recorded rate)')
     r.add_argument('--rate-hz', type=float, default=None, help='play frames at this fixed rate instead')
@@ -97,7 +98,7 @@ def run(args) -> int:
         raise ConfigError(f'replay mode plays one reference into the node: use --protocol fixed, not {protocol}')
     sequence = open_dataset(args.dataset, **parse_options(args.dataset_option))
     config = load_backend_config(args.config, args.set)
-    gap_bin = args.gap_bin or (10 if protocol == 'fixed' else 1)
+    gap_bin = args.gap_bin or {'fixed': 10, 'mapfree': 100}.get(protocol, 1)
     meta = {'backend': args.backend, 'dataset': args.dataset, 'protocol': protocol, 'frames': len(sequence),
             'config': config}
     if protocol == 'keyframe':
