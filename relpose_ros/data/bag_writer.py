@@ -43,8 +43,7 @@ _T = TYPESTORE.types
 IMAGE, CAMERA_INFO = 'sensor_msgs/msg/Image', 'sensor_msgs/msg/CameraInfo'
 POSE_STAMPED, TF_MESSAGE = 'geometry_msgs/msg/PoseStamped', 'tf2_msgs/msg/TFMessage'
 
-_ZERO = QosTime(0, 0)
-_INFINITE = QosTime(0x7FFFFFFF, 0xFFFFFFFF)   # rmw "infinite" duration as rosbag2 records it
+_INFINITE = QosTime(9223372036, 854775807)    # RMW_DURATION_INFINITE (INT64_MAX ns), as `ros2 bag record` writes it
 SENSOR_QOS = Qos(QosHistory.KEEP_LAST, 10, QosReliability.RELIABLE, QosDurability.VOLATILE, _INFINITE, _INFINITE,
                  QosLiveliness.AUTOMATIC, _INFINITE, False)
 

@@ -16,6 +16,7 @@ Entry points: :class:`SyntheticSequence` (a :class:`~relpose_ros.data.sequence.S
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -345,6 +346,8 @@ class SyntheticSequence(Sequence):
         self.start_ns = int(start_ns)
         self.frame_id = frame_id
         self.name = f'synthetic-seed{self.scene.seed}'
+        self.render_seconds = 0.0        # total time spent rendering in load() (for speed reports)
+        self.rendered_frames = 0
 
     def __len__(self) -> int:
         return int(self.poses.shape[0])
@@ -353,7 +356,10 @@ class SyntheticSequence(Sequence):
         return self.start_ns + int(round(index * 1e9 / self.fps))
 
     def load(self, index: int) -> PosedFrame:
+        t0 = time.perf_counter()
         rgb, depth = self.scene.render(self.poses[index], self.K, self.width, self.height)
+        self.render_seconds += time.perf_counter() - t0
+        self.rendered_frames += 1
         frame = Frame(rgb=rgb, K=self.K.copy(), depth=depth if self.use_depth else None,
                       stamp_ns=self.stamp_ns(index), frame_id=self.frame_id)
         return PosedFrame(frame=frame, T_world_from_cam=self.poses[index].copy(), name=f'synthetic-{index:06d}')
