@@ -39,3 +39,21 @@ def test_replay_mode_scores_what_the_node_publishes(tmp_path):
         assert p['latency_ms'] > 0
     assert 'latency p50 (ms)' in (out / 'report.md').read_text()
     assert (out / 'latency_histogram.png').is_file()
+
+
+def test_replay_into_an_already_running_node(tmp_path):
+    from relpose_ros.ros.replay import NodeProcess, node_command
+
+    ns = f'/running_test_{id(tmp_path) % 10000}'
+    node = NodeProcess(node_command(ns, {'backend': 'constant', 'min_confidence': 0.0, 'diagnostics_period': 0.2,
+                                         'constant.confidence': 0.6}), tmp_path / 'running_node.log')
+    try:
+        rc = main(['eval', '--mode', 'replay', '--node', 'running', '--namespace', ns, '--backend', 'constant',
+                   '--dataset', 'synthetic:6', '-D', 'width=48', '-D', 'height=36', '--rate-hz', '20',
+                   '--out', str(tmp_path / 'out'), '--no-progress', '--no-plots'])
+    finally:
+        node.stop()
+    assert rc == 0
+    m = json.loads((tmp_path / 'out' / 'metrics.json').read_text())
+    assert m['summary']['n_pairs'] == 5 and m['summary']['n_failed'] == 0
+    assert all(p['confidence'] == pytest.approx(0.6, abs=1e-6) for p in m['pairs'])  # the running node's setting
