@@ -129,3 +129,34 @@ def test_eval_on_seven_scenes_scores_real_ground_truth(tmp_path, seven_scenes):
         T = seq.gt_relative_pose(p['reference'], p['query'])
         angle = np.degrees(np.arccos(np.clip((np.trace(T[:3, :3]) - 1) / 2, -1, 1)))
         assert p['rot_err_deg'] == pytest.approx(angle, abs=1e-6)
+
+
+def test_unreadable_frames_fail_loudly_or_keep_partial_results(tmp_path, capsys):
+    from test_readers_bag import write_custom_bag
+
+    synth = SyntheticSequence(num_frames=6, width=64, height=48, seed=5)
+    write_custom_bag(tmp_path / 'bad_info', synth, 'tf_stamped', info_width=80)
+    assert main(['eval', '--backend', 'constant', '--dataset', f'bag:{tmp_path / "bad_info"}', '--protocol', 'fixed',
+                 '--out', str(tmp_path / 'o1'), '--no-progress']) == 2
+    assert 'camera_info size 80x48 differs from image size 64x48' in capsys.readouterr().err
+
+    class BreaksAtFour:  # a sequence whose frame 4 cannot be read (as a damaged file would)
+        name, partial = 'breaks', False
+
+        def __len__(self):
+            return 6
+
+        def __getitem__(self, i):
+            if i == 4:
+                raise DatasetError('frame 4: cannot read image')
+            return synth[i]
+
+    from relpose_ros.backends import create
+    from relpose_ros.eval.offline import evaluate_offline
+    from relpose_ros.eval.report import write_report
+
+    result = evaluate_offline(create('constant', device='cpu'), BreaksAtFour(), fixed_reference(6), progress=False)
+    assert result.partial and 'frame 4: cannot read image' in result.partial_reason
+    assert [p.query for p in result.pairs] == [1, 2, 3]
+    m = write_report(result, tmp_path / 'o2', plots=False)
+    assert m['partial'] and '**PARTIAL RESULTS**' in (tmp_path / 'o2' / 'report.md').read_text()

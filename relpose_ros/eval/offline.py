@@ -1,8 +1,9 @@
 """Offline evaluation: run a backend directly over the pairs of a sequence and score every pair.
 
 Each reference is prepared once (``prepare_reference``) and reused for all its queries; the per-query
-``estimate`` time is recorded as the pair's latency. A frame that cannot be read (truncated file or bag)
-stops the run: the pairs done so far are kept and the result is marked partial.
+``estimate`` time is recorded as the pair's latency. A frame that cannot be read (truncated file or bag,
+camera_info inconsistent with the image) stops the run: the pairs done so far are kept and the result is marked
+partial; when it happens before the first pair the error is raised.
 """
 from __future__ import annotations
 
@@ -80,6 +81,8 @@ def evaluate_offline(estimator, sequence, pairs: Seq[Pair], progress: bool = Tru
             ref_item = load(pair.reference)
             q_item = load(pair.query)
         except (DatasetError, OSError, ValueError) as exc:
+            if not results:  # nothing to keep: fail loudly with the reader's message
+                raise DatasetError(f'cannot evaluate: {exc}') from None
             partial, partial_reason = True, f'stopped at pair {pair.reference}->{pair.query}: {exc}'
             break
         if pair.reference != current_ref:
