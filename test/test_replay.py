@@ -8,7 +8,8 @@ from relpose_ros.data.bag_writer import BagTopics, write_bag
 from relpose_ros.data.synthetic import SyntheticScene, SyntheticSequence
 from relpose_ros.errors import DatasetError
 from relpose_ros.geometry import inverse_T, relative_pose
-from relpose_ros.ros.replay import ReplayError, ReplayOptions, cdr_restamp, cdr_stamp_ns, read_bag_stream, replay_bag
+from relpose_ros.ros.replay import (NodeProcess, ReplayError, ReplayOptions, cdr_restamp, cdr_stamp_ns, node_command,
+                                    read_bag_stream, replay_bag)
 
 pytestmark = pytest.mark.ros
 
@@ -77,5 +78,19 @@ def test_gated_estimates_are_counted_not_published(bag):
 def test_unusable_backend_fails_loudly(bag):
     path, _ = bag
     opts = ReplayOptions(backend='no_such_backend', reference_timeout_s=2.0)
-    with pytest.raises(ReplayError, match='reference'):
+    with pytest.raises(ReplayError, match="cannot estimate: .*no_such_backend"):
         replay_bag(path, opts)
+
+
+def test_replay_into_an_already_running_node(bag, tmp_path):
+    path, _ = bag
+    ns = '/running_node_test'
+    node = NodeProcess(node_command(ns, {'backend': 'constant', 'diagnostics_period': 0.2}), tmp_path / 'n.log')
+    try:
+        result = replay_bag(path, ReplayOptions(spawn=False, namespace=ns, max_frames=3))
+    finally:
+        assert node.stop() == 0                        # SIGINT: clean shutdown
+    assert result.node_command == [] and len(result.frames) == 3 and result.published >= 2
+    for f in result.frames:
+        if f.published:
+            np.testing.assert_allclose(f.T_ref_from_query, np.eye(4), atol=1e-12)

@@ -540,6 +540,8 @@ def replay_bag(bag: str | Path, options: ReplayOptions | None = None, progress=N
         reference = frames[ref_i]
         _wait(lambda: bool(recorder.diagnostics), opts.startup_timeout_s, node,
               'waiting for the first /diagnostics of relocalize_node')
+        if recorder.diagnostics.get('backend_error'):
+            raise ReplayError(f"relocalize_node cannot estimate: {recorder.diagnostics['backend_error']}")
         before = _int(recorder.diagnostics.get('references_set'))
         deadline = time.monotonic() + opts.reference_timeout_s
         while True:
