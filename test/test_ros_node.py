@@ -161,9 +161,11 @@ class Harness:
         return find()
 
     def close(self) -> None:
-        self.executor.shutdown(timeout_sec=2.0)
-        self.thread.join(2.0)
-        self.node.shutdown()
+        self.node.shutdown()  # stop the worker first: it publishes from its own thread
+        self.executor.remove_node(self.tester)
+        self.executor.remove_node(self.node)
+        self.executor.shutdown(timeout_sec=5.0)
+        self.thread.join(5.0)
         self.node.destroy_node()
         self.tester.destroy_node()
 
@@ -510,3 +512,20 @@ def test_real_7scenes_frames_through_the_node_with_rgbd(harness, seven_scenes):
         assert rotation_error_deg(T[:3, :3], T_gt[:3, :3]) < 2.0
         assert camera_centre_error(T_inv[:3, :3], T_inv[:3, 3], T_gt_inv[:3, :3], T_gt_inv[:3, 3]) < 0.05
     assert h.node.skipped == {}
+
+
+def test_missing_depth_is_reported_on_rosout_and_diagnostics(harness):
+    from rcl_interfaces.msg import Log
+
+    h = harness(params={'sync_queue_size': 2})
+    logs: list[str] = []
+    h.tester.create_subscription(Log, '/rosout', lambda m: logs.append(m.msg), QoSProfile(depth=100))
+    h.set_reference_topic(make_frame(now_ns(), 'ref_cam'))
+    for k in range(4):  # colour + camera_info only: nothing can be synchronised
+        image, info, _ = frame_to_messages(make_frame(now_ns(), seed=k))
+        h.publish(h.live_pubs[:2], (image, info))
+        time.sleep(0.05)
+    assert h.wait(lambda: h.node.live_sync.unmatched >= 2)
+    assert h.wait(lambda: any('images without matching camera_info/depth' in m and 'depth' in m for m in logs), 5), logs
+    assert h.wait(lambda: h.diagnostics and int(h.diagnostics[-1]['unsynchronised_frames']) >= 2, 3)
+    assert h.transforms == [] and h.node.pipeline.stats.live_frames == 0

@@ -138,7 +138,6 @@ class RelocalizeNode(Node):
         if not hasattr(self, 'pipeline'):
             return
         self.covariance = self._covariance_model()
-        self.pipeline.max_image_size = int(self.p['max_image_size'])
         self.live_sync.slop_s = self.reference_sync.slop_s = float(self.p['sync_slop'])
 
     def _covariance_model(self) -> CovarianceModel:
@@ -201,10 +200,26 @@ class RelocalizeNode(Node):
     def _input_callback(self, sync: StampSynchronizer, channel: str):
         def callback(msg) -> None:
             try:
+                unmatched = sync.unmatched
                 sync.add(channel, stamp_to_ns(msg.header.stamp), msg)
+                if sync.unmatched > unmatched:
+                    self._log_unsynchronised(sync)
             except Exception as exc:  # never let a message kill the executor
                 self._skip('internal_error', f'{channel} message dropped: {type(exc).__name__}: {exc}')
         return callback
+
+    def _log_unsynchronised(self, sync: StampSynchronizer) -> None:
+        kind = 'reference' if sync is self.reference_sync else 'live'
+        silent = [c for c, s in sync.last_stamps.items() if s is None]
+        if silent:
+            hint = (f"nothing received yet on {', '.join(silent)}: check the topic remaps"
+                    + (' (or set use_depth:=false)' if 'depth' in silent else ''))
+        else:
+            stamps = ', '.join(f'{c} {s * 1e-9:.3f}' for c, s in sync.last_stamps.items())
+            hint = (f'latest stamps: {stamps} s; publish them with the image stamp or raise sync_slop '
+                    f'(now {sync.slop_s:g} s)')
+        self._log_throttled(f'unsynchronised_{kind}', f'{kind} images without matching '
+                            f"{'/'.join(sync.channels[1:])} within sync_slop ({sync.unmatched} so far): {hint}")
 
     def _to_frame(self, msgs: dict, kind: str) -> Frame | None:
         try:

@@ -39,7 +39,7 @@ NODE_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec('sync_queue_size', 10, 'messages kept per input topic while waiting for partners', range=(1, 100),
               read_only=True),
     ParamSpec('max_image_size', 0, 'downscale so the longer image side is at most this many pixels before the '
-              'backend (K rescaled); 0 = full resolution', range=(0, 8192)),
+              'backend (K rescaled); 0 = full resolution', range=(0, 8192), read_only=True),
     ParamSpec('reference_frame_id', '', "frame_id of the reference camera on the outputs; '' = the reference "
               "image's frame_id"),
     ParamSpec('publish_tf', False, 'also broadcast the relpose transform on /tf (needs tf2_ros)', read_only=True),

@@ -28,6 +28,7 @@ class StampSynchronizer:
         self.queue_size = int(queue_size)
         self.callback = callback
         self.unmatched = 0
+        self.last_stamps: dict[str, int | None] = {c: None for c in self.channels}  # newest stamp seen per channel
         self._queues: dict[str, deque[tuple[int, Any]]] = {c: deque() for c in self.channels}
         self._lock = threading.Lock()
 
@@ -36,6 +37,7 @@ class StampSynchronizer:
         with self._lock:
             q = self._queues[channel]
             q.append((int(stamp_ns), msg))
+            self.last_stamps[channel] = int(stamp_ns)
             if len(q) > self.queue_size:
                 q.popleft()
                 if channel == self.channels[0]:
