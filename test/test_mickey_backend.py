@@ -86,9 +86,16 @@ def test_sampling_is_seeded_and_proportional(model):
     assert est.sample_correspondences(nan, ref_pts, pts) == 'non-finite network output'
 
 
-@pytest.mark.parametrize('W,H,expect', [(640, 480, (168, 126)), (480, 640, (126, 168)), (200, 150, (168, 126))])
+@pytest.mark.parametrize('W,H,expect', [(640, 480, (168, 126)), (480, 640, (126, 168)), (200, 150, (168, 126)),
+                                          (320, 180, (168, 94.5)), (180, 320, (94.5, 168))])
 def test_processing_size_follows_orientation(model, W, H, expect):
+    """The image is scaled into the [long, short] box in its own orientation, aspect ratio kept."""
     est = make(model)
+    if 94.5 in expect:                        # 16:9 into a 4:3 box: the short side would be 94.5 px < 98
+        with pytest.raises(FrameError, match='too small'):
+            est.preprocess(frame(W, H))
+        est = make(model, image_size=[336, 252])
+        expect = tuple(int(round(v * 2)) for v in expect)  # (336, 189) / (189, 336)
     image, K = est.preprocess(frame(W, H))
     assert tuple(image.shape) == (1, 3, expect[1], expect[0])
     assert float(image.max()) <= 1.0 and float(image.min()) >= 0.0

@@ -39,8 +39,8 @@ class MickeyEstimator(Estimator):
         'checkpoint': '',              # MicKey Lightning checkpoint (e.g. mickey.ckpt), local path
         'dinov2_weights': '',          # DINOv2 ViT-L/14 checkpoint (dinov2_vitl14_pretrain.pth), local path
         'backbone': 'vitl14',          # 'vitl14' (official) or 'vits14' (small, for own training)
-        'image_size': [720, 540],      # processing size [long side, short side] px, follows the input's
-                                       # orientation; [] or [0, 0] = native size
+        'image_size': [720, 540],      # processing box [long side, short side] px in the input's orientation;
+                                       # the image is scaled to fit it, aspect ratio kept; [] or [0, 0] = native
         'backbone_fp16': 'auto',       # float16 autocast of the backbone on CUDA: 'auto' (on with CUDA), 'true', 'false'
         'num_sample_sets': 20,         # outer RANSAC iterations (sets of sampled correspondences)
         'samples_per_set': 2048,       # correspondences drawn per set from the final scores
@@ -100,12 +100,15 @@ class MickeyEstimator(Estimator):
     # ------------------------------------------------------------------ input
 
     def processing_size(self, width: int, height: int) -> tuple[int, int]:
-        """(width, height) the network sees for an input of that size (orientation preserved)."""
+        """(width, height) the network sees: the input scaled (aspect ratio kept) to fit the
+        ``image_size`` box [long side, short side] laid out in the input's orientation."""
         size = self.config['image_size']
         if not size or not any(size):
             return width, height
         long_side, short_side = int(size[0]), int(size[1])
-        return (long_side, short_side) if width >= height else (short_side, long_side)
+        box_w, box_h = (long_side, short_side) if width >= height else (short_side, long_side)
+        scale = min(box_w / width, box_h / height)
+        return max(1, int(round(width * scale))), max(1, int(round(height * scale)))
 
     def preprocess(self, frame: Frame) -> tuple[torch.Tensor, torch.Tensor]:
         """Frame -> image tensor (1,3,H',W') in [0,1] on the device and intrinsics K' (1,3,3) of that image."""
