@@ -17,7 +17,7 @@ DEFAULT_TRAIN_CONFIG: dict[str, Any] = {
     'out_dir': 'runs/regression',
     'model': copy.deepcopy(DEFAULT_MODEL_CONFIG),
     'data': {
-        'train': [],            # list of {dataset: 'FORMAT:PATH', frames: [start, stop] | null}
+        'train': [],            # list of {dataset: 'FORMAT:PATH', frames: [start, stop(, step)] | null}
         'val': [],
         'pairs': {'mode': 'gap', 'min_gap': 5, 'max_gap': 40, 'min_overlap': 0.3, 'max_overlap': 0.95},
         'pairs_per_epoch': 1000,

@@ -77,14 +77,18 @@ class LoadedScene:
 
 def load_scene(seq: Sequence, frames: Seq[int] | None, size: Seq[int] | None, first_id: int,
                with_depth: bool = False, depth_step: int = 16) -> LoadedScene:
-    """Decode the posed frames ``frames = [start, stop)`` of ``seq`` (frames without a pose are skipped)."""
-    start, stop = (0, len(seq)) if frames is None else (int(frames[0]), int(frames[1]))
-    if not 0 <= start < stop <= len(seq):
-        raise ConfigError(f'frames [{start}, {stop}) out of range for {seq.name or type(seq).__name__} '
+    """Decode the posed frames ``frames = [start, stop(, step)]`` of ``seq`` (frames without a pose are skipped).
+
+    Pair gaps count loaded frames: with step 2, gap 10 is 20 frames of the sequence.
+    """
+    start, stop, step = (0, len(seq), 1) if frames is None else (int(frames[0]), int(frames[1]),
+                                                                  int(frames[2]) if len(frames) > 2 else 1)
+    if not 0 <= start < stop <= len(seq) or step < 1:
+        raise ConfigError(f'frames [{start}, {stop}) step {step} out of range for {seq.name or type(seq).__name__} '
                           f'({len(seq)} frames)')
     grays, poses, points = [], [], []
     K, hw = None, None
-    for i in range(start, stop):
+    for i in range(start, stop, step):
         pf = seq[i]
         if not pf.has_pose:
             continue

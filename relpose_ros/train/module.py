@@ -123,6 +123,19 @@ class RegressionLitModule(L.LightningModule):
                 self._feature_cache[int(keys[i])] = f.detach()
         return torch.stack([self._feature_cache[int(k)] for k in keys.tolist()])
 
+    @torch.no_grad()
+    def warm_cache(self, scenes: list, batch_size: int = 32) -> int:
+        """Fill the frozen-backbone feature cache for every frame of ``scenes`` (cache_backbone only)."""
+        if not self.cache_backbone:
+            return 0
+        self.model.train(self.training)  # keeps the frozen parts in eval mode
+        for scene in scenes:
+            for s in range(0, len(scene.gray), batch_size):
+                gray = torch.from_numpy(scene.gray[s:s + batch_size]).float().div_(255.0)[:, None].to(self.device)
+                keys = torch.arange(scene.first_id + s, scene.first_id + s + len(gray))
+                self._features(gray, keys)
+        return len(self._feature_cache)
+
     def _run(self, batch: dict[str, torch.Tensor], augment: bool) -> dict[str, torch.Tensor]:
         gq, gr = batch['gray_q'], batch['gray_r']
         if augment and self.augment is not None:

@@ -78,6 +78,10 @@ def fit(cfg: Mapping[str, Any], resume: str | None = None, sequences: Mapping[st
     if summary['trivial'] is not None:
         log.info('trivial predictor (mean training pose) on validation: %s', json.dumps(summary['trivial']))
     t0 = time.perf_counter()
+    if cfg['train']['cache_backbone']:
+        n = module.warm_cache(dm.train_scenes + dm.val_scenes)
+        summary['cache_seconds'] = time.perf_counter() - t0
+        log.info('cached frozen LoFTR CNN features of %d frames in %.1f s', n, summary['cache_seconds'])
     if cfg['train']['validate_before_fit'] and dm.val_pairs is not None and resume is None:
         trainer.validate(module, datamodule=dm, verbose=False)
         summary['initial'] = module.history[-1] if module.history else None

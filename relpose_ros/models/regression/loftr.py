@@ -90,8 +90,10 @@ class LoFTRCoarse(nn.Module):
 
     def extract(self, gray: torch.Tensor) -> torch.Tensor:
         """Position-encoded coarse CNN features (B, C, h, w): depend on one image only (cacheable)."""
-        coarse, _fine = self.backbone(gray)
-        return self.pos_encoding(coarse)
+        bb = self.backbone   # the ResNet half of kornia's ResNetFPN_8_2 up to its 1/8 output; the FPN branch
+        x = bb.relu(bb.bn1(bb.conv1(gray)))     # that builds the unused 1/2-resolution fine map is skipped
+        x = bb.layer3(bb.layer2(bb.layer1(x)))  # (B, 256, H/8, W/8)
+        return self.pos_encoding(bb.layer3_outconv(x))
 
     def attend(self, feat_a: torch.Tensor, feat_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Coarse transformer on a pair of (B, C, h, w) maps -> token maps (B, hw, C) of both images."""
