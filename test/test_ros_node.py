@@ -529,3 +529,22 @@ def test_missing_depth_is_reported_on_rosout_and_diagnostics(harness):
     assert h.wait(lambda: any('images without matching camera_info/depth' in m and 'depth' in m for m in logs), 5), logs
     assert h.wait(lambda: h.diagnostics and int(h.diagnostics[-1]['unsynchronised_frames']) >= 2, 3)
     assert h.transforms == [] and h.node.pipeline.stats.live_frames == 0
+
+
+def test_distorted_camera_info_is_warned_once_and_still_used(harness):
+    from rcl_interfaces.msg import Log
+
+    h = harness(params={})
+    logs: list[str] = []
+    h.tester.create_subscription(Log, '/rosout', lambda m: logs.append(m.msg), QoSProfile(depth=100))
+    h.set_reference_topic(make_frame(now_ns(), 'ref_cam'))
+    stamps = []
+    for k in range(2):
+        image, info, depth = frame_to_messages(make_frame(now_ns(), seed=k))
+        info.d = [0.1, -0.05, 0.0, 0.0, 0.0]
+        stamps.append(stamp_to_ns(image.header.stamp))
+        h.publish(h.live_pubs, (image, info, depth))
+        assert h.transform_for(stamps[-1]) is not None
+    assert h.wait(lambda: any('assumes rectified' in m for m in logs), 5)
+    time.sleep(0.2)
+    assert sum('assumes rectified' in m for m in logs) == 1

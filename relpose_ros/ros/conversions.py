@@ -180,19 +180,20 @@ def numpy_to_image_msg(arr: np.ndarray, encoding: str, stamp_ns: int = 0, frame_
 _COMPRESSED_DEPTH_HEADER = struct.Struct('<i2f')  # format enum, depthQuantA, depthQuantB
 
 
-def _imdecode(payload: Any, flags: int) -> np.ndarray:
+def _imdecode(payload: Any, flags: int, fmt: str = '') -> np.ndarray:
     buf = np.frombuffer(payload, dtype=np.uint8)
     if buf.size == 0:
-        raise InputError('decode_failed', 'compressed image has no data')
+        raise InputError('decode_failed', f'compressed image (format {fmt!r}) has no data')
     img = cv2.imdecode(buf, flags)
     if img is None or img.size == 0:
-        raise InputError('decode_failed', f'OpenCV could not decode the compressed image ({buf.size} bytes)')
+        raise InputError('decode_failed', f'OpenCV could not decode the compressed image ({buf.size} bytes, '
+                                          f'format {fmt!r})')
     return img
 
 
 def compressed_msg_to_rgb(msg: CompressedImage) -> np.ndarray:
     """CompressedImage (jpeg, png, ...) -> (H, W, 3) RGB uint8."""
-    img = _imdecode(msg.data, cv2.IMREAD_UNCHANGED)
+    img = _imdecode(msg.data, cv2.IMREAD_UNCHANGED, msg.format)
     if img.dtype == np.uint16:
         img = (img >> 8).astype(np.uint8)
     if img.dtype != np.uint8:
@@ -213,9 +214,9 @@ def compressed_msg_to_depth(msg: CompressedImage, depth_scale: float = 1e-3) -> 
         if len(data) <= _COMPRESSED_DEPTH_HEADER.size:
             raise InputError('decode_failed', 'compressedDepth message shorter than its 12-byte header')
         _, quant_a, quant_b = _COMPRESSED_DEPTH_HEADER.unpack_from(data)
-        raw = _imdecode(data[_COMPRESSED_DEPTH_HEADER.size:], cv2.IMREAD_UNCHANGED)
+        raw = _imdecode(data[_COMPRESSED_DEPTH_HEADER.size:], cv2.IMREAD_UNCHANGED, fmt)
         if raw.ndim != 2 or raw.dtype != np.uint16:
-            raise InputError('decode_failed', f'compressedDepth payload is not a 16-bit single-channel PNG')
+            raise InputError('decode_failed', f'compressedDepth payload ({fmt!r}) is not a 16-bit single-channel PNG')
         if fmt.split(';')[0].strip() == '32FC1':  # quantised inverse depth: d = A / (v - B)
             out = np.full(raw.shape, np.nan, dtype=np.float32)
             valid = raw != 0
@@ -223,7 +224,7 @@ def compressed_msg_to_depth(msg: CompressedImage, depth_scale: float = 1e-3) -> 
             out[~(out > 0) | ~np.isfinite(out)] = np.nan
             return out
         return _to_depth_m(raw[..., None], '16UC1', depth_scale)
-    raw = _imdecode(data, cv2.IMREAD_UNCHANGED)
+    raw = _imdecode(data, cv2.IMREAD_UNCHANGED, fmt)
     if raw.ndim != 2 or raw.dtype != np.uint16:
         raise InputError('unsupported_encoding', 'compressed depth must be single-channel 16 bit (millimetres)')
     return _to_depth_m(raw[..., None], '16UC1', depth_scale)

@@ -232,7 +232,14 @@ class RelocalizeNode(Node):
             self._skip('conversion_error', f'{kind} frame skipped: {type(exc).__name__}: {exc}')
         return None
 
+    def _warn_if_distorted(self, info: CameraInfo) -> None:
+        if 'distortion' not in self._logged_once and any(abs(float(v)) > 1e-9 for v in info.d):
+            self._log_once('distortion', f'camera_info has distortion coefficients ({info.distortion_model}: '
+                                         f'{[round(float(v), 4) for v in info.d]}); relpose assumes rectified '
+                                         'images: subscribe to the rectified image topic (e.g. image_rect)')
+
     def _on_live_set(self, msgs: dict) -> None:
+        self._warn_if_distorted(msgs['camera_info'])
         frame = self._to_frame(msgs, 'live')
         if frame is not None:
             self.pipeline.submit_live(frame)
