@@ -456,7 +456,9 @@ def test_invalid_parameter_at_start_is_rejected_with_reason(context):
 
     for name, value, needle in (('device', 'tpu', 'device must be one of'),
                                 ('image_transport', 'theora', 'image_transport must be one of'),
-                                ('sync_slop', -1.0, 'sync_slop')):
+                                ('sync_slop', -1.0, 'sync_slop'),
+                                ('min_confidence', 'high', 'min_confidence must be a float'),
+                                ('max_image_size', 1.5, 'max_image_size')):
         with pytest.raises(ParameterException, match=needle):
             RelocalizeNode(context=context, namespace=f'/v{next(_ns)}',
                            parameter_overrides=[Parameter(name, value=value)])
@@ -475,11 +477,13 @@ def test_config_yaml_holds_every_default_and_loads(context):
         assert get(spec.name) == spec.default, f'{spec.name}: yaml {get(spec.name)!r} != node {spec.default!r}'
     assert params['constant'] == dict(ConstantEstimator.default_config)
     node = RelocalizeNode(context=context, cli_args=['--ros-args', '--params-file', str(REPO / 'config/relocalize.yaml'),
-                                                     '-p', 'backend:=constant', '-p', 'constant.confidence:=0.7'])
+                                                     '-p', 'backend:=constant', '-p', 'constant.confidence:=0.7',
+                                                     '-p', 'min_confidence:=1'])  # an int for a float is fine
     try:
         assert node.backend_error is None
         assert node.get_parameter('covariance.position_std_max').value == 2.0
         assert node.pipeline.estimator.confidence == pytest.approx(0.7)
+        assert node.p['min_confidence'] == 1.0 and isinstance(node.p['min_confidence'], float)
     finally:
         node.shutdown()
         node.destroy_node()

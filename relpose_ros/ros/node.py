@@ -93,7 +93,10 @@ class RelocalizeNode(Node):
     # ------------------------------------------------------------------ parameters
 
     def _descriptor(self, spec: ParamSpec) -> ParameterDescriptor:
-        d = ParameterDescriptor(description=spec.description, read_only=spec.read_only)
+        # floats are dynamically typed so that YAML / command-line integers (min_confidence: 1) are
+        # accepted; _validate_parameters checks the type and range of every value itself
+        d = ParameterDescriptor(description=spec.description, read_only=spec.read_only,
+                                dynamic_typing=isinstance(spec.default, float))
         if spec.choices:
             d.additional_constraints = 'one of: ' + ', '.join(spec.choices)
         if spec.range is not None:
@@ -107,7 +110,7 @@ class RelocalizeNode(Node):
     def _declare_node_parameters(self) -> None:
         for spec in NODE_PARAMS:
             self.declare_parameter(spec.name, spec.default, self._descriptor(spec))
-            self.p[spec.name] = self.get_parameter(spec.name).value
+            self.p[spec.name] = _typed(spec, self.get_parameter(spec.name).value)
         overrides = getattr(self, '_parameter_overrides', {}) or {}
         backends = tuple(n + '.' for n in _known_backend_names())
         unknown = sorted(k for k in overrides if k not in NODE_PARAM_NAMES and not k.startswith(backends)
@@ -134,7 +137,7 @@ class RelocalizeNode(Node):
     def _parameters_changed(self, params: list) -> None:
         for param in params:
             if param.name in SPECS:
-                self.p[param.name] = param.value
+                self.p[param.name] = _typed(SPECS[param.name], param.value)
         if not hasattr(self, 'pipeline'):
             return
         self.covariance = self._covariance_model()
@@ -375,6 +378,11 @@ class RelocalizeNode(Node):
     def shutdown(self) -> None:
         """Stop the worker thread (call before destroy_node)."""
         self.pipeline.stop()
+
+
+def _typed(spec: ParamSpec, value: Any) -> Any:
+    """An integer given for a float parameter, as float."""
+    return float(value) if isinstance(spec.default, float) and isinstance(value, int) else value
 
 
 def _known_backend_names() -> list[str]:

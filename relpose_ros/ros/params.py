@@ -59,7 +59,7 @@ def check_value(spec: ParamSpec, value: Any) -> str | None:
     expected = type(spec.default)
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
-    if type(value) is not expected:
+    if type(value) is not expected:  # (bool is not accepted for int / float)
         return f'{spec.name} must be a {expected.__name__}, got {value!r}'
     if spec.choices is not None and value not in spec.choices:
         return f"{spec.name} must be one of {', '.join(spec.choices)}; got '{value}'"
