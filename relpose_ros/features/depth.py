@@ -50,3 +50,20 @@ def lift(depth: torch.Tensor, uv: torch.Tensor, K: torch.Tensor) -> torch.Tensor
     """3-D points (N,3) of pixels uv (N,2) with depth sampled from (H,W); rows are NaN without depth."""
     d = sample_depth(depth, uv)
     return backproject_torch(uv.unsqueeze(0), d.unsqueeze(0), K.unsqueeze(0))[0]
+
+
+def register_depth(depth: np.ndarray, K_depth: np.ndarray, K_colour: np.ndarray,
+                   colour_size: tuple[int, int] | None = None) -> np.ndarray:
+    """Resample a depth image from the depth camera into the colour camera's pixel grid, for sensors whose
+    depth is not registered to colour and whose two cameras (nearly) share a centre but not intrinsics
+    (7-Scenes' Kinect v1: depth fx = 585, colour fx ~ 525). Nearest-neighbour (no mixing across edges);
+    colour pixels outside the depth camera's view get NaN. colour_size: (width, height), default the depth's.
+    """
+    d = np.asarray(depth, dtype=np.float32)
+    w, h = colour_size or (d.shape[1], d.shape[0])
+    u, v = np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64))
+    rays = np.stack([u, v, np.ones_like(u)], -1) @ np.linalg.inv(np.asarray(K_colour, np.float64)).T
+    pix = rays @ np.asarray(K_depth, np.float64).T
+    mx = (pix[..., 0] / pix[..., 2]).astype(np.float32)
+    my = (pix[..., 1] / pix[..., 2]).astype(np.float32)
+    return cv2.remap(d, mx, my, cv2.INTER_NEAREST, borderMode=cv2.BORDER_CONSTANT, borderValue=float('nan'))
