@@ -436,12 +436,17 @@ def test_publish_tf_without_tf2_ros_logs_once_and_keeps_publishing(harness):
     assert h.wait(lambda: h.diagnostics and h.diagnostics[-1]['tf'] == h.node.tf_status, 3)
 
 
-def test_unknown_backend_and_unknown_backend_key(context):
-    for overrides, needle in (([Parameter('backend', value='nope')], 'available'),
-                              ([Parameter('backend', value='rgbd'), Parameter('use_depth', value=False)],
-                               'use_depth is false'),
-                              ([Parameter('backend', value='constant'), Parameter('constant.bogus', value=1)],
-                               'constant.bogus')):
+def test_unusable_backend_configs_are_reported_not_fatal(context):
+    """Unknown backend, unknown backend key, missing depth, unavailable device: the node lives, refuses."""
+    import torch
+
+    cases = [([Parameter('backend', value='nope')], 'available'),
+             ([Parameter('backend', value='rgbd'), Parameter('use_depth', value=False)], 'use_depth is false'),
+             ([Parameter('backend', value='constant'), Parameter('constant.bogus', value=1)], 'constant.bogus')]
+    if not torch.cuda.is_available():
+        cases.append(([Parameter('backend', value='constant'), Parameter('device', value='cuda')],
+                      'CUDA is not available'))
+    for overrides, needle in cases:
         node = RelocalizeNode(context=context, namespace=f'/u{next(_ns)}', parameter_overrides=overrides)
         try:
             assert node.backend_error and needle in node.backend_error
