@@ -53,7 +53,7 @@ def _launch_setup(context):
         package='relpose_ros',
         executable='relocalize_node',
         name='relocalize_node',
-        namespace=arg('namespace'),
+        namespace=arg('namespace') or None,
         parameters=[parameters],
         remappings=remappings,
         output='screen',
