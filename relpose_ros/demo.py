@@ -44,6 +44,10 @@ class DemoConfig:
     reference_index: int = 0
     node_params: dict[str, Any] = field(default_factory=dict)
     plots: bool = True
+    exact: bool = False               # True: exact images and depth; False: the Kinect-like sensor model below
+    depth_noise: float = 1.0          # see SyntheticSequence
+    rgb_noise: float = 2.0
+    max_depth: float = 5.0
 
 
 @dataclass
@@ -178,8 +182,8 @@ def write_report(cfg: DemoConfig, result, rows: list[dict], summary: dict, eval_
 
     lines = ['# relpose demo', '',
              f'Synthetic room (seed {cfg.seed}), {cfg.frames} frames of {cfg.width}x{cfg.height} RGB-D at '
-             f'{cfg.fps:g} Hz written to `{BAG_NAME}/` (MCAP), replayed over DDS into `relocalize_node` '
-             f"(backend `{cfg.backend}`, reference = frame {result.reference_index}).", '',
+             f'{cfg.fps:g} Hz ({_sensor_text(cfg)}) written to `{BAG_NAME}/` (MCAP), replayed over DDS into '
+             f"`relocalize_node` (backend `{cfg.backend}`, reference = frame {result.reference_index}).", '',
              '## Summary', '', '```', format_summary(summary), '```', '']
     if eval_metrics is not None:
         table = markdown_table(eval_metrics).splitlines()
@@ -195,6 +199,13 @@ def write_report(cfg: DemoConfig, result, rows: list[dict], summary: dict, eval_
     path = cfg.out / 'report.md'
     path.write_text('\n'.join(lines))
     return path
+
+
+def _sensor_text(cfg: DemoConfig) -> str:
+    if cfg.exact:
+        return 'exact images and depth'
+    return (f'Kinect-like depth noise x{cfg.depth_noise:g}, image noise {cfg.rgb_noise:g} grey levels, depth range '
+            f'{cfg.max_depth:g} m')
 
 
 # ----------------------------------------------------------------------------- the demo
@@ -213,8 +224,11 @@ def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> DemoResult
     if chosen:
         echo('DDS isolated for the demo: ' + ', '.join(f'{k}={v}' for k, v in chosen.items()))
 
-    seq = SyntheticSequence(num_frames=cfg.frames, width=cfg.width, height=cfg.height, fps=cfg.fps, seed=cfg.seed)
-    echo(f'rendering {cfg.frames} frames of {cfg.width}x{cfg.height} RGB-D and writing {cfg.out / BAG_NAME} (MCAP) ...')
+    sensor = {} if cfg.exact else {'depth_noise': cfg.depth_noise, 'rgb_noise': cfg.rgb_noise, 'max_depth': cfg.max_depth}
+    seq = SyntheticSequence(num_frames=cfg.frames, width=cfg.width, height=cfg.height, fps=cfg.fps, seed=cfg.seed,
+                            **sensor)
+    echo(f'rendering {cfg.frames} frames of {cfg.width}x{cfg.height} RGB-D ({_sensor_text(cfg)}) and writing '
+         f'{cfg.out / BAG_NAME} (MCAP) ...')
     bag = write_bag(seq, cfg.out / BAG_NAME, overwrite=True)
     t_bag = time.monotonic()
     render_fps = seq.rendered_frames / max(seq.render_seconds, 1e-9)

@@ -102,3 +102,18 @@ def test_bad_configuration_is_named(scene):
         SyntheticSequence(poses=np.eye(4), scene=scene)
     with pytest.raises(ConfigError, match='room_size'):
         SyntheticScene(room_size=(1.0, -1.0, 2.0))
+
+
+def test_sensor_model_is_deterministic_and_bounded(scene):
+    exact = SyntheticSequence(num_frames=3, width=80, height=60, scene=scene)[2].frame
+    kw = dict(num_frames=3, width=80, height=60, scene=scene, depth_noise=1.0, rgb_noise=3.0, max_depth=3.0)
+    a, b = SyntheticSequence(**kw)[2].frame, SyntheticSequence(**kw)[2].frame
+    assert np.array_equal(a.rgb, b.rgb) and np.array_equal(a.depth, b.depth, equal_nan=True)
+    far = exact.depth > 3.0
+    assert np.all(np.isnan(a.depth[far])) and np.all(np.isfinite(a.depth[~far]))
+    err = (a.depth - exact.depth)[~far]
+    expected = 0.0012 + 0.0019 * (exact.depth[~far] - 0.4) ** 2
+    assert 0.7 < np.std(err / expected) < 1.3                      # the documented axial noise model
+    assert 2.0 < np.std(a.rgb.astype(float) - exact.rgb) < 4.0
+    with pytest.raises(ConfigError, match='depth_noise'):
+        SyntheticSequence(scene=scene, depth_noise=-1.0)

@@ -38,6 +38,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument('--reference', type=int, default=d.reference_index, help='reference frame index (default: 0)')
     p.add_argument('-p', '--param', dest='params', type=_param, action='append', default=[], metavar='NAME:=VALUE',
                    help='extra node parameter, e.g. -p rgbd.max_keypoints:=1000 (repeatable)')
+    p.add_argument('--exact', action='store_true', help='exact images and depth (default: Kinect-like sensor noise)')
     p.add_argument('--no-plots', dest='plots', action='store_false', help='skip the PNG plots')
     p.set_defaults(func=run)
     return p
@@ -52,6 +53,6 @@ def run(args) -> int:
             raise ConfigError(f'{name} is too small: {value}')
     cfg = DemoConfig(out=args.out, frames=args.frames, width=args.width, height=args.height, fps=args.fps,
                      seed=args.seed, backend=args.backend, device=args.device, reference_index=args.reference,
-                     node_params=dict(args.params), plots=args.plots)
+                     node_params=dict(args.params), plots=args.plots, exact=args.exact)
     run_demo(cfg)
     return 0

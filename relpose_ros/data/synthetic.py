@@ -320,16 +320,26 @@ class SyntheticSequence(Sequence):
     poses: (N, 4, 4) ``T_world_from_cam``, or a callable ``num_frames -> poses``; default :func:`orbit_path`.
     K: 3x3 intrinsics (default :func:`default_intrinsics`). ``use_depth=False`` drops depth.
     Stamps are ``start_ns + i / fps`` seconds.
+
+    Sensor model (all off by default: exact images and depth): ``depth_noise`` scales the axial noise of a
+    Kinect-like depth camera, std ``depth_noise * (0.0012 + 0.0019 (z - 0.4)^2)`` metres; ``rgb_noise`` is the
+    std of Gaussian pixel noise in grey levels; depth beyond ``max_depth`` metres is invalid (NaN). The noise is
+    deterministic per (seed, frame index).
     """
 
     def __init__(self, num_frames: int = 60, width: int = 320, height: int = 240, K=None, seed: int = 0,
                  poses: np.ndarray | Callable[[int], np.ndarray] | None = None, fps: float = DEFAULT_FPS,
                  use_depth: bool = True, scene: SyntheticScene | None = None, start_ns: int = 1_700_000_000_000_000_000,
-                 frame_id: str = DEFAULT_FRAME_ID):
+                 frame_id: str = DEFAULT_FRAME_ID, depth_noise: float = 0.0, rgb_noise: float = 0.0,
+                 max_depth: float | None = None):
         if width < 8 or height < 8:
             raise ConfigError(f'image size must be at least 8x8, got {width}x{height}')
         if fps <= 0:
             raise ConfigError(f'fps must be positive, got {fps}')
+        if depth_noise < 0 or rgb_noise < 0 or (max_depth is not None and max_depth <= 0):
+            raise ConfigError(f'depth_noise and rgb_noise must be >= 0 and max_depth > 0, got {depth_noise}, '
+                              f'{rgb_noise}, {max_depth}')
+        self.depth_noise, self.rgb_noise, self.max_depth = float(depth_noise), float(rgb_noise), max_depth
         self.width, self.height, self.fps = int(width), int(height), float(fps)
         self.K = default_intrinsics(width, height) if K is None else np.asarray(K, dtype=np.float64)
         if self.K.shape != (3, 3):
@@ -360,9 +370,25 @@ class SyntheticSequence(Sequence):
         rgb, depth = self.scene.render(self.poses[index], self.K, self.width, self.height)
         self.render_seconds += time.perf_counter() - t0
         self.rendered_frames += 1
+        if self.depth_noise > 0 or self.rgb_noise > 0 or self.max_depth is not None:
+            rgb, depth = self._sensor(index, rgb, depth)
         frame = Frame(rgb=rgb, K=self.K.copy(), depth=depth if self.use_depth else None,
                       stamp_ns=self.stamp_ns(index), frame_id=self.frame_id)
         return PosedFrame(frame=frame, T_world_from_cam=self.poses[index].copy(), name=f'synthetic-{index:06d}')
+
+    def _sensor(self, index: int, rgb: np.ndarray, depth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Apply the sensor model (noise, range limit) to one exact frame."""
+        rng = np.random.default_rng([self.scene.seed, index, 7])
+        out_of_range = depth > self.max_depth if self.max_depth is not None else None   # on the true depth
+        if self.rgb_noise > 0:
+            noisy = rgb.astype(np.float32) + rng.normal(0.0, self.rgb_noise, rgb.shape).astype(np.float32)
+            rgb = np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
+        if self.depth_noise > 0:
+            std = self.depth_noise * (0.0012 + 0.0019 * (depth - 0.4) ** 2)
+            depth = (depth + std * rng.standard_normal(depth.shape, dtype=np.float32)).astype(np.float32)
+        if out_of_range is not None:
+            depth = np.where(out_of_range, np.float32(np.nan), depth).astype(np.float32)
+        return rgb, depth
 
 
 @dataclass
