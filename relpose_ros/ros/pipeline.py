@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import cv2
 
@@ -44,7 +44,6 @@ class PipelineStats:
     reference_errors: int = 0
     last_estimate_s: float = 0.0
     last_reference_error: str = ''
-    estimate_times: list[float] = field(default_factory=list)  # monotonic end times (for the rate)
 
 
 ResultCallback = Callable[[Frame, PoseEstimate, Frame], None]
@@ -202,11 +201,6 @@ class RelocalizationPipeline:
         self.stats.estimates += 1
         if not est.ok:
             self.stats.failed_estimates += 1
-        now = time.monotonic()
-        times = self.stats.estimate_times
-        times.append(now)
-        if len(times) > 200:
-            del times[:100]
         try:
             self.on_result(frame, est, reference_frame)
         except Exception as exc:
