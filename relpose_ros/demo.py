@@ -85,7 +85,8 @@ def score_replay(result, K: np.ndarray, width: int, height: int):
     for f in result.frames:
         gt = result.gt_T_query_from_ref(f)
         row = {'frame': f.index, 't_s': f.sent_s, 'status': f.status, 'confidence': f.confidence,
-               'rot_err_deg': None, 'centre_err_m': None, 'latency_ms': None if f.latency_s is None else f.latency_s * 1e3,
+               'rot_err_deg': None, 'centre_err_m': None,
+               'latency_ms': None if f.latency_s is None else f.latency_s * 1e3,
                'gt_distance_m': None if gt is None else float(np.linalg.norm(np.linalg.inv(gt)[:3, 3])),
                'gt_angle_deg': None if gt is None else rotation_error_deg(gt[:3, :3], np.eye(3)), 'accepted': None}
         if f.status != 'dropped':
@@ -96,7 +97,8 @@ def score_replay(result, K: np.ndarray, width: int, height: int):
             pairs.append(pair)
             if pair.has_gt and not pair.failed:
                 row['rot_err_deg'], row['centre_err_m'] = pair.rot_err_deg, pair.trans_err_m
-                row['accepted'] = pair.rot_err_deg < POSE_ROT_THRESHOLD_DEG and pair.trans_err_m < POSE_TRANS_THRESHOLD_M
+                row['accepted'] = bool(pair.rot_err_deg < POSE_ROT_THRESHOLD_DEG
+                                       and pair.trans_err_m < POSE_TRANS_THRESHOLD_M)
             elif pair.has_gt:
                 row['accepted'] = False
         rows.append(row)
@@ -224,7 +226,8 @@ def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> DemoResult
     if chosen:
         echo('DDS isolated for the demo: ' + ', '.join(f'{k}={v}' for k, v in chosen.items()))
 
-    sensor = {} if cfg.exact else {'depth_noise': cfg.depth_noise, 'rgb_noise': cfg.rgb_noise, 'max_depth': cfg.max_depth}
+    sensor = {} if cfg.exact else {'depth_noise': cfg.depth_noise, 'rgb_noise': cfg.rgb_noise,
+                                   'max_depth': cfg.max_depth}
     seq = SyntheticSequence(num_frames=cfg.frames, width=cfg.width, height=cfg.height, fps=cfg.fps, seed=cfg.seed,
                             **sensor)
     echo(f'rendering {cfg.frames} frames of {cfg.width}x{cfg.height} RGB-D ({_sensor_text(cfg)}) and writing '

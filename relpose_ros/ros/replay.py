@@ -259,7 +259,7 @@ class ReplayResult:
 
     @property
     def dropped_frames(self) -> int:
-        """Frames without any output (the node's own count of latest-only drops is ``diagnostics['dropped_frames']``)."""
+        """Frames without any output (the node's own latest-only count is ``diagnostics['dropped_frames']``)."""
         return sum(f.status == 'dropped' for f in self.frames)
 
     def gt_T_query_from_ref(self, frame: ReplayFrame) -> np.ndarray | None:
