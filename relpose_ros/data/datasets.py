@@ -2,7 +2,9 @@
 
 Formats:
 
-- ``7scenes:DIR``   7-Scenes layout (options: use_depth)
+- ``7scenes:DIR``   7-Scenes layout (options: use_depth, colour_focal: the colour camera's focal length; the
+  file K (585) is the depth camera's, the Kinect v1 colour camera has ~525: with this option frames get the colour
+  K and the depth registered into it, as ``relpose bench rgbd`` does)
 - ``tum:DIR``       TUM RGB-D layout (options: use_depth, camera ('fr1'|'fr2'|'fr3'|'intrinsics.txt' default),
   max_dt (association tolerance, s))
 - ``mapfree:DIR``   one Map-free scene folder ``sXXXXX`` (options: none)
@@ -97,8 +99,23 @@ def open_dataset(spec: str, **options: Any) -> Sequence:
             raise ConfigError(f"dataset '{spec}' has no path after '{fmt}:'")
         if fmt != 'bag' and not Path(path).is_dir():
             raise DatasetError(f'{fmt} dataset folder {path} does not exist or is not a folder')
-        return cls(path, **options)
+        colour_focal = options.pop('colour_focal', None) if fmt == '7scenes' else None
+        sequence = cls(path, **options)
+        if colour_focal:
+            sequence = _with_colour_focal(sequence, float(colour_focal))
+        return sequence
     except TypeError as exc:
         if 'argument' in str(exc):
             raise ConfigError(f'bad option for the {fmt} reader: {exc}') from None
         raise
+
+
+def _with_colour_focal(sequence, focal: float):
+    """7-Scenes frames with the colour camera's focal length and depth registered into it (helper B's wrapper)."""
+    import numpy as np
+
+    from ..bench.rgbd import RegisteredSequence
+
+    K = np.array(sequence.K, dtype=np.float64)
+    K[0, 0] = K[1, 1] = focal
+    return RegisteredSequence(sequence, K)
