@@ -142,3 +142,11 @@ def test_seven_scenes_through_open_dataset(seven_scenes):
     assert pf.frame.rgb.shape == (480, 640, 3) and pf.frame.depth.shape == (480, 640) and pf.has_pose
     T = seq.gt_relative_pose(0, 30)
     assert 0.01 < np.linalg.norm(T[:3, 3]) < 2.0
+
+
+@pytest.mark.data
+def test_seven_scenes_colour_focal_option(seven_scenes):
+    seq = open_dataset(f'7scenes:{seven_scenes}', colour_focal=525)
+    pf = seq[10]
+    assert pf.frame.K[0, 0] == 525 and pf.frame.K[1, 1] == 525 and pf.frame.depth.shape == (480, 640)
+    assert np.isfinite(pf.frame.depth).mean() > 0.5 and pf.has_pose
