@@ -8,8 +8,8 @@ from relpose_ros.data.bag_writer import BagTopics, write_bag
 from relpose_ros.data.synthetic import SyntheticScene, SyntheticSequence
 from relpose_ros.errors import DatasetError
 from relpose_ros.geometry import inverse_T, relative_pose
-from relpose_ros.ros.replay import (NodeProcess, ReplayError, ReplayOptions, cdr_restamp, cdr_stamp_ns, node_command,
-                                    read_bag_stream, replay_bag)
+from relpose_ros.ros.replay import (NodeProcess, ReplayError, ReplayOptions, cdr_restamp, cdr_stamp_ns, index_bag,
+                                    iter_frame_data, node_command, read_bag_stream, replay_bag)
 
 pytestmark = pytest.mark.ros
 
@@ -34,6 +34,11 @@ def test_read_bag_stream_matches_frames_and_ground_truth(bag):
     raw = cdr_restamp(stream.frames[0].image, 1_234_567_890_123)
     assert cdr_stamp_ns(raw) == 1_234_567_890_123 and raw[12:] == stream.frames[0].image[12:]
     assert len(read_bag_stream(path, use_depth=False, max_frames=2).frames) == 2
+    index = index_bag(path)                                   # stamps only, data streamed on demand
+    assert all(f.image is None for f in index.frames)
+    subset = list(iter_frame_data(index, [1, 4]))
+    assert [f.index for f in subset] == [1, 4]
+    assert subset[1].image == stream.frames[4].image and subset[1].depth == stream.frames[4].depth
     with pytest.raises(DatasetError, match='no topic /nope; it has: .*/camera/color/camera_info'):
         read_bag_stream(path, topics=BagTopics(image='/nope'))
 

@@ -24,6 +24,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,19 +88,23 @@ class ReplayError(RelposeError):
 
 @dataclass
 class BagFrame:
-    """One camera frame of a bag: raw CDR bytes per channel, header stamp and optional ground truth."""
+    """One camera frame of a bag: header stamps per channel, ground truth, and (once loaded) the raw CDR bytes."""
 
-    stamp_ns: int
-    image: bytes
-    camera_info: bytes
-    depth: bytes | None = None
+    index: int
+    stamp_ns: int                               # image header stamp
+    info_stamp_ns: int
+    depth_stamp_ns: int | None = None
     T_world_from_cam: np.ndarray | None = None
+    image: bytes | None = None
+    camera_info: bytes | None = None
+    depth: bytes | None = None
 
 
 @dataclass
 class BagStream:
-    """The frames of a bag plus the message types of its image and depth topics."""
+    """The frame index of a bag (no image data) plus the message types of its image and depth topics."""
 
+    path: Path
     frames: list[BagFrame]
     image_transport: str            # 'raw' | 'compressed'
     depth_transport: str | None     # 'raw' | 'compressedDepth' | None (no depth)
@@ -123,12 +128,9 @@ def cdr_restamp(raw: bytes, stamp_ns: int) -> bytes:
     return bytes(out)
 
 
-def read_bag_stream(path: str | Path, topics: BagTopics = BagTopics(), use_depth: bool = True,
-                    max_frames: int | None = None, sync_slop_s: float = 0.02) -> BagStream:
-    """Frames (image + camera_info [+ depth]) of a bag, matched by header stamp within ``sync_slop_s``."""
+def _open_bag(path: Path):
     from rosbags.rosbag2 import Reader
 
-    path = Path(path)
     if not path.exists():
         raise DatasetError(f'bag {path} does not exist')
     try:
@@ -136,6 +138,23 @@ def read_bag_stream(path: str | Path, topics: BagTopics = BagTopics(), use_depth
         reader.open()
     except Exception as exc:
         raise DatasetError(f'cannot open bag {path}: {exc}') from exc
+    return reader
+
+
+def _nearest(stamps: np.ndarray, stamp: int, slop_ns: int) -> int | None:
+    """Index of the sorted ``stamps`` entry nearest to ``stamp`` if within ``slop_ns``."""
+    k = int(np.searchsorted(stamps, stamp))
+    best = min((j for j in (k - 1, k) if 0 <= j < len(stamps)), key=lambda j: abs(int(stamps[j]) - stamp),
+               default=None)
+    return best if best is not None and abs(int(stamps[best]) - stamp) <= slop_ns else None
+
+
+def index_bag(path: str | Path, topics: BagTopics = BagTopics(), use_depth: bool = True,
+              max_frames: int | None = None, sync_slop_s: float = 0.02) -> BagStream:
+    """Frames (image + camera_info [+ depth]) of a bag, matched by header stamp within ``sync_slop_s``, with
+    ground truth from ``topics.gt_pose`` (PoseStamped) when present. Reads stamps only: no image is kept."""
+    path = Path(path)
+    reader = _open_bag(path)
     try:
         present = {c.topic: c.msgtype for c in reader.connections}
         for name in (topics.image, topics.camera_info):
@@ -149,38 +168,33 @@ def read_bag_stream(path: str | Path, topics: BagTopics = BagTopics(), use_depth
         with_gt = topics.gt_pose in present and present[topics.gt_pose] == POSE_STAMPED
         if with_gt:
             wanted.append(topics.gt_pose)
-        by_topic: dict[str, list[tuple[int, bytes]]] = {t: [] for t in wanted}
-        connections = [c for c in reader.connections if c.topic in by_topic]
+        stamps: dict[str, list[int]] = {t: [] for t in wanted}
+        poses: list[np.ndarray] = []
+        connections = [c for c in reader.connections if c.topic in stamps]
         for conn, _, raw in reader.messages(connections=connections):
-            raw = bytes(raw)
+            stamps[conn.topic].append(cdr_stamp_ns(raw))
             if conn.topic == topics.gt_pose:
-                msg = TYPESTORE.deserialize_cdr(raw, conn.msgtype)
+                msg = TYPESTORE.deserialize_cdr(bytes(raw), conn.msgtype)
                 q, p = msg.pose.orientation, msg.pose.position
-                T = make_T(quat_to_matrix([q.w, q.x, q.y, q.z]), [p.x, p.y, p.z])
-                by_topic[conn.topic].append((cdr_stamp_ns(raw), T))
-            else:
-                by_topic[conn.topic].append((cdr_stamp_ns(raw), raw))
+                poses.append(make_T(quat_to_matrix([q.w, q.x, q.y, q.z]), [p.x, p.y, p.z]))
     finally:
         reader.close()
 
     slop_ns = int(sync_slop_s * 1e9)
-
-    def nearest(items: list, stamp: int):
-        if not items:
-            return None
-        stamps = np.fromiter((s for s, _ in items), dtype=np.int64, count=len(items))
-        k = int(np.argmin(np.abs(stamps - stamp)))
-        return items[k][1] if abs(int(stamps[k]) - stamp) <= slop_ns else None
-
-    images = sorted(by_topic[topics.image], key=lambda x: x[0])
+    info = np.sort(np.asarray(stamps[topics.camera_info], dtype=np.int64))
+    depth = np.sort(np.asarray(stamps[topics.depth], dtype=np.int64)) if with_depth else None
+    gt_order = np.argsort(np.asarray(stamps[topics.gt_pose], dtype=np.int64), kind='stable') if with_gt else None
+    gt = np.asarray(stamps[topics.gt_pose], dtype=np.int64)[gt_order] if with_gt else None
     frames: list[BagFrame] = []
-    for stamp, raw in images:
-        info = nearest(by_topic[topics.camera_info], stamp)
-        depth = nearest(by_topic[topics.depth], stamp) if with_depth else None
-        if info is None or (with_depth and depth is None):
+    for stamp in sorted(stamps[topics.image]):
+        i_info = _nearest(info, stamp, slop_ns)
+        i_depth = _nearest(depth, stamp, slop_ns) if with_depth else None
+        if i_info is None or (with_depth and i_depth is None):
             continue
-        gt = nearest(by_topic[topics.gt_pose], stamp) if with_gt else None
-        frames.append(BagFrame(stamp, raw, info, depth, gt))
+        i_gt = _nearest(gt, stamp, slop_ns) if with_gt else None
+        frames.append(BagFrame(len(frames), stamp, int(info[i_info]),
+                               None if i_depth is None else int(depth[i_depth]),
+                               None if i_gt is None else poses[int(gt_order[i_gt])]))
         if max_frames is not None and len(frames) >= max_frames:
             break
     if not frames:
@@ -189,7 +203,62 @@ def read_bag_stream(path: str | Path, topics: BagTopics = BagTopics(), use_depth
     depth_transport = None
     if with_depth:
         depth_transport = 'raw' if present[topics.depth] == 'sensor_msgs/msg/Image' else 'compressedDepth'
-    return BagStream(frames, IMAGE_TYPES[present[topics.image]], depth_transport, topics)
+    return BagStream(path, frames, IMAGE_TYPES[present[topics.image]], depth_transport, topics)
+
+
+def iter_frame_data(stream: BagStream, indices) -> Iterator[BagFrame]:
+    """Yield ``stream.frames[i]`` for the ascending ``indices`` with their raw messages, reading the bag once in
+    order and keeping only the frames not yet yielded in memory (a long bag never sits in RAM)."""
+    indices = list(indices)
+    if not indices:
+        return
+    topics = stream.topics
+    channel_of = {topics.image: 'image', topics.camera_info: 'camera_info'}
+    if stream.depth_transport is not None:
+        channel_of[topics.depth] = 'depth'
+    need: dict[tuple[str, int], list[int]] = {}
+    for pos, i in enumerate(indices):
+        f = stream.frames[i]
+        need.setdefault((topics.image, f.stamp_ns), []).append(pos)
+        need.setdefault((topics.camera_info, f.info_stamp_ns), []).append(pos)
+        if f.depth_stamp_ns is not None:
+            need.setdefault((topics.depth, f.depth_stamp_ns), []).append(pos)
+    pending: dict[int, dict[str, bytes]] = {}
+    next_pos = 0
+    reader = _open_bag(stream.path)
+    try:
+        connections = [c for c in reader.connections if c.topic in channel_of]
+        for conn, _, raw in reader.messages(connections=connections):
+            positions = need.pop((conn.topic, cdr_stamp_ns(raw)), None)
+            if not positions:
+                continue
+            data = bytes(raw)
+            for pos in positions:
+                pending.setdefault(pos, {})[channel_of[conn.topic]] = data
+            while next_pos < len(indices):
+                f = stream.frames[indices[next_pos]]
+                got = pending.get(next_pos, {})
+                if 'image' not in got or 'camera_info' not in got or (f.depth_stamp_ns is not None
+                                                                      and 'depth' not in got):
+                    break
+                del pending[next_pos]
+                yield BagFrame(f.index, f.stamp_ns, f.info_stamp_ns, f.depth_stamp_ns, f.T_world_from_cam,
+                               got['image'], got['camera_info'], got.get('depth'))
+                next_pos += 1
+            if next_pos == len(indices):
+                return
+    finally:
+        reader.close()
+    raise DatasetError(f'bag {stream.path} ended before frame {indices[next_pos]} was complete (truncated or '
+                       'changed while reading)')
+
+
+def read_bag_stream(path: str | Path, topics: BagTopics = BagTopics(), use_depth: bool = True,
+                    max_frames: int | None = None, sync_slop_s: float = 0.02) -> BagStream:
+    """:func:`index_bag` with every frame's data loaded (small bags and tests)."""
+    stream = index_bag(path, topics, use_depth, max_frames, sync_slop_s)
+    stream.frames = list(iter_frame_data(stream, range(len(stream.frames))))
+    return stream
 
 
 # ----------------------------------------------------------------------------- results
@@ -500,7 +569,7 @@ def replay_bag(bag: str | Path, options: ReplayOptions | None = None, progress=N
         raise ConfigError(f'rate_hz must be positive, got {opts.rate_hz}')
     if not opts.speed > 0:
         raise ConfigError(f'speed must be positive, got {opts.speed}')
-    stream = read_bag_stream(bag, opts.topics, opts.use_depth, opts.max_frames)
+    stream = index_bag(bag, opts.topics, opts.use_depth, opts.max_frames)
     frames = stream.frames
     ref_i = opts.reference_index + len(frames) if opts.reference_index < 0 else opts.reference_index
     if not 0 <= ref_i < len(frames):
@@ -537,7 +606,7 @@ def replay_bag(bag: str | Path, options: ReplayOptions | None = None, progress=N
         startup_s = time.monotonic() - t_start
 
         # reference: publish, wait for the node to report it, re-send if it was lost
-        reference = frames[ref_i]
+        reference = next(iter_frame_data(stream, [ref_i]))
         _wait(lambda: bool(recorder.diagnostics), opts.startup_timeout_s, node,
               'waiting for the first /diagnostics of relocalize_node')
         if recorder.diagnostics.get('backend_error'):
@@ -561,11 +630,11 @@ def replay_bag(bag: str | Path, options: ReplayOptions | None = None, progress=N
         played: list[ReplayFrame] = []
         by_sent_stamp: dict[int, ReplayFrame] = {}
         t_live = time.monotonic()
-        for k, (i, offset) in enumerate(zip(live_indices, offsets)):
+        for k, (f, offset) in enumerate(zip(iter_frame_data(stream, live_indices), offsets)):
             delay = t_live + offset - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-            f = frames[i]
+            i = f.index
             stamp = recorder.now_ns() if opts.restamp else f.stamp_ns
             recorder.publish(recorder.live, f, stamp if opts.restamp else None)
             rf = ReplayFrame(index=i, stamp_ns=f.stamp_ns, sent_stamp_ns=stamp, sent_s=time.monotonic() - t_live,
