@@ -27,7 +27,7 @@ from ..features.depth import clean_depth, lift
 from ..solver import SolverConfig, hard_inliers, residuals, soft_inliers, solve
 from ..types import Frame, PoseEstimate
 from .base import Estimator, Reference, StageTimer
-from .rgbd_pose import pnp_ransac, refine_reprojection, reprojection_errors, soft_inlier_confidence
+from .rgbd_pose import nearest_rotation, pnp_ransac, refine_reprojection, reprojection_errors, soft_inlier_confidence
 
 
 def sample_triplets_gumbel(weights: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:
@@ -169,7 +169,7 @@ class RGBDEstimator(Estimator):
             return PoseEstimate.failure(f'too few inliers: {res.num_inliers} of {len(X)} correspondences '
                                         f'(< min_inliers {c["min_inliers"]}; no overlap?)',
                                         timings=timer.timings, score=res.score, num_inliers=res.num_inliers)
-        R, t = res.R, res.t
+        R, t = nearest_rotation(res.R), res.t
         Xn, Yn = X.double().cpu().numpy(), Y.double().cpu().numpy()
         if c['refine']['reprojection_3d3d']:
             with timer('refine'):

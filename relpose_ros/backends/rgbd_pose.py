@@ -22,6 +22,13 @@ def _project(P: np.ndarray, K: np.ndarray) -> np.ndarray:
     return (P[:, :2] / z) * np.diag(K)[:2] + K[:2, 2]
 
 
+def nearest_rotation(R: np.ndarray) -> np.ndarray:
+    """Closest proper rotation (SVD projection, float64): float32 Kabsch output is off SO(3) by ~1e-7,
+    which ``arccos``-based angle errors read as a few hundredths of a degree."""
+    U, _, Vt = np.linalg.svd(np.asarray(R, dtype=np.float64))
+    return U @ np.diag([1.0, 1.0, np.linalg.det(U @ Vt)]) @ Vt
+
+
 def refine_reprojection(R: np.ndarray, t: np.ndarray, X_ref: np.ndarray, uv_query: np.ndarray, K_query: np.ndarray,
                         Y_query: np.ndarray | None = None, uv_ref: np.ndarray | None = None,
                         K_ref: np.ndarray | None = None, huber_px: float = 1.5, max_iterations: int = 20

@@ -18,22 +18,30 @@ def mutual_ratio_match(da: torch.Tensor, db: torch.Tensor, ratio: float = 0.9, m
 
     A pair (i, j) is kept when j is i's nearest neighbour with d1 / d2 <= ratio; with ``mutual`` also when
     i is j's nearest neighbour with its own ratio <= ratio (the reported ratio is the larger of the two).
+    Second neighbours are only looked up for the candidate pairs, so the full matrix is reduced twice (max).
     """
     sim = da @ db.T                                                   # (Na,Nb)
-    top_ab, arg_ab = sim.topk(2, dim=1)                               # (Na,2)
-    dist_ab = torch.sqrt((2.0 - 2.0 * top_ab).clamp_min(0.0))
-    r_ab = dist_ab[:, 0] / dist_ab[:, 1].clamp_min(1e-12)             # (Na,)
+    top, arg = sim.topk(2, dim=1)                                     # (Na,2): best and second best per row
+
+    def dist(x: torch.Tensor) -> torch.Tensor:
+        return torch.sqrt((2.0 - 2.0 * x).clamp_min(0.0))
+
+    r = dist(top[:, 0]) / dist(top[:, 1]).clamp_min(1e-12)           # (Na,) ratio a -> b
     idx_a = torch.arange(da.shape[0], device=da.device)
-    idx_b = arg_ab[:, 0]
-    keep = r_ab <= ratio
-    r = r_ab
+    keep = r <= ratio
     if mutual:
-        top_ba, arg_ba = sim.topk(2, dim=0)                           # (2,Nb)
-        dist_ba = torch.sqrt((2.0 - 2.0 * top_ba).clamp_min(0.0))
-        r_ba = dist_ba[0] / dist_ba[1].clamp_min(1e-12)               # (Nb,)
-        keep &= (arg_ba[0, idx_b] == idx_a) & (r_ba[idx_b] <= ratio)
-        r = torch.maximum(r_ab, r_ba[idx_b])
-    return idx_a[keep], idx_b[keep], r[keep]
+        col_best = sim.amax(dim=0)                                    # (Nb,) (values only: fast reduction)
+        keep &= top[:, 0] >= col_best[arg[:, 0]]                      # i is also j's nearest neighbour
+    idx_a, idx_b, r = idx_a[keep], arg[keep, 0], r[keep]
+    if mutual and idx_a.numel():
+        m = torch.arange(idx_a.shape[0], device=da.device)
+        cols = sim[:, idx_b]                                          # (Na,M): second neighbour of each j
+        cols[idx_a, m] = -2.0
+        r_ba = dist(top[idx_a, 0]) / dist(cols.amax(dim=0)).clamp_min(1e-12)
+        r = torch.maximum(r, r_ba)
+        keep = r_ba <= ratio
+        idx_a, idx_b, r = idx_a[keep], idx_b[keep], r[keep]
+    return idx_a, idx_b, r
 
 
 class MutualRatioMatcher(Matcher):
