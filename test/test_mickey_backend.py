@@ -193,3 +193,24 @@ def test_bench_runs_and_reports(tmp_path, capsys):
     assert row['live_ms'] > 0 and row['pair_ms'] > 0 and row['ratio'] == pytest.approx(row['live_ms'] / row['pair_ms'])
     assert row['peak_rss_mb'] > 0 and 'extract' in row['stages_ms']
     assert result['weights'] == 'random initialisation' and result['device'] == 'cpu'
+
+
+@pytest.mark.parametrize('oversample,rounds', [(2, 1), (1, 0)])   # (1, 0): most sets use the exact completion
+def test_draw_without_replacement_matches_successive_sampling(oversample, rounds):
+    from relpose_ros.backends.mickey import draw_without_replacement
+
+    g = torch.Generator().manual_seed(5)
+    w = torch.tensor([0.0, 1, 2, 3, 4, 10, 0, 5, 0.5, 0.5])
+    S = 20000
+    ours = draw_without_replacement(w, S, 3, g, oversample=oversample, rounds=rounds)
+    ref = torch.multinomial((w / w.sum()).expand(S, -1), 3, replacement=False, generator=g)
+    assert ours.shape == (S, 3)
+    assert bool((ours[:, 0] != ours[:, 1]).all() & (ours[:, 1] != ours[:, 2]).all() & (ours[:, 0] != ours[:, 2]).all())
+    assert not bool(((ours == 0) | (ours == 6)).any())                 # zero weights never drawn
+    for k in range(3):                                                 # same law for every draw position
+        f_ours = torch.bincount(ours[:, k], minlength=10) / S
+        f_ref = torch.bincount(ref[:, k], minlength=10) / S
+        assert float((f_ours - f_ref).abs().max()) < 0.015, k
+    # fewer positive weights than draws: the positives first (in some order), then zero-weight indices
+    few = draw_without_replacement(torch.tensor([1.0, 2.0, 0.0, 0.0, 0.0]), 4, 4, g)
+    assert all(set(row[:2].tolist()) == {0, 1} and len(set(row.tolist())) == 4 for row in few)

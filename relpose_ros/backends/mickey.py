@@ -29,6 +29,61 @@ PATCH = 14
 _FP16_CHOICES = {'auto': None, 'true': True, 'on': True, 'false': False, 'off': False, True: True, False: False}
 
 
+def _first_occurrences(idx: torch.Tensor) -> torch.Tensor:
+    """(S,L) draws -> bool mask of the first occurrence of each value per row (in draw order)."""
+    sorted_idx, order = torch.sort(idx, dim=1, stable=True)
+    first_sorted = torch.ones_like(sorted_idx, dtype=torch.bool)
+    first_sorted[:, 1:] = sorted_idx[:, 1:] != sorted_idx[:, :-1]             # earliest draw of each value
+    return torch.zeros_like(first_sorted).scatter_(1, order, first_sorted)
+
+
+def draw_without_replacement(weights: torch.Tensor, num_sets: int, n: int, generator: torch.Generator,
+                             oversample: int = 2, rounds: int = 1) -> torch.Tensor:
+    """``num_sets`` independent draws of ``n`` distinct indices, probability proportional to ``weights`` (K,).
+
+    Successive sampling without replacement (what ``torch.multinomial(replacement=False)`` does) equals drawing
+    with replacement and keeping the first occurrence of each index, in draw order. That needs a few ``n``
+    inverse-CDF look-ups per set instead of one random key per candidate (K = M*N can be millions). A set still
+    short of ``n`` distinct indices after ``rounds`` extensions (very peaked weights) is completed exactly by
+    ``torch.multinomial`` over the indices not drawn yet. With fewer than ``n`` positive weights every set is
+    drawn by ``torch.multinomial`` (which then adds zero-weight indices, like the official code). Returns (num_sets, n).
+    """
+    K = weights.numel()
+    probs = weights.double() / weights.double().sum()
+    device = weights.device
+    if int((probs > 0).sum()) < n:
+        return torch.stack([torch.multinomial(probs.float(), n, replacement=False, generator=generator)
+                            for _ in range(num_sets)])
+    cdf = torch.cumsum(probs, 0)                                               # (K,)
+
+    def draws(rows: int, length: int) -> torch.Tensor:
+        u = torch.rand(rows, length, generator=generator, dtype=torch.float64, device=device) * cdf[-1]
+        return torch.searchsorted(cdf, u, right=True).clamp_max(K - 1)        # zero-weight entries never hit
+
+    out = torch.empty(num_sets, n, dtype=torch.int64, device=device)
+    rows = torch.arange(num_sets, device=device)
+    idx = draws(num_sets, oversample * n)
+    for round_ in range(rounds + 1):
+        first = _first_occurrences(idx)
+        count = first.cumsum(1)
+        enough = count[:, -1] >= n
+        if bool(enough.any()):
+            keep = first[enough] & (count[enough] <= n)
+            out[rows[enough]] = idx[enough][keep].view(-1, n)
+        if bool(enough.all()):
+            return out
+        rows, idx = rows[~enough], idx[~enough]
+        if round_ < rounds:                                                    # extend the short sets' sequences
+            idx = torch.cat([idx, draws(len(rows), 4 * idx.shape[1])], dim=1)
+    for r, seq, f in zip(rows.tolist(), idx, _first_occurrences(idx)):        # exact completion
+        got = seq[f]
+        rest = probs.clone()
+        rest[got] = 0
+        more = torch.multinomial(rest.float(), n - len(got), replacement=False, generator=generator)
+        out[r] = torch.cat([got, more])
+    return out
+
+
 class MickeyEstimator(Estimator):
     """MicKey with a cached reference. ``model`` may be injected (tests, benchmarks); otherwise the official
     files ``checkpoint`` and ``dinov2_weights`` are loaded (strict check) at construction."""
@@ -211,12 +266,7 @@ class MickeyEstimator(Estimator):
             return f'no surviving matches ({positive} candidate matches with non-zero score)'
         S, n = int(self.config['num_sample_sets']), min(int(self.config['samples_per_set']), M * N)
         gen = torch.Generator(device=p.device).manual_seed(int(self.config['seed']))
-        probs = p / p.sum()
-        batched_limit = 1 << 28 if p.is_cuda else 1 << 24                  # elements of the (S, M*N) key buffer
-        if S * M * N <= batched_limit:
-            flat = torch.multinomial(probs.expand(S, -1), n, replacement=False, generator=gen)   # (S,n)
-        else:  # large maps: one set at a time keeps the temporary buffer to one M*N row
-            flat = torch.stack([torch.multinomial(probs, n, replacement=False, generator=gen) for _ in range(S)])
+        flat = draw_without_replacement(p, S, n, gen)                          # (S,n) flat indices
         i, j = flat // N, flat % N                                              # reference / query keypoint
         return ref_points[i], points[j], p[flat]
 
