@@ -1,6 +1,8 @@
 """Replay a real bag into a real relocalize_node subprocess over DDS ('constant' backend: known output)."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -89,7 +91,7 @@ def test_unusable_backend_fails_loudly(bag):
 
 def test_replay_into_an_already_running_node(bag, tmp_path):
     path, _ = bag
-    ns = '/running_node_test'
+    ns = f'/running_node_test_{os.getpid()}'
     node = NodeProcess(node_command(ns, {'backend': 'constant', 'diagnostics_period': 0.2}), tmp_path / 'n.log')
     try:
         result = replay_bag(path, ReplayOptions(spawn=False, namespace=ns, max_frames=3))

@@ -15,6 +15,7 @@ pose, and the bag's ground truth when it has one.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -429,7 +430,7 @@ class ReplayOptions:
     include_reference: bool = True          # also play the reference frame as a live frame
     use_depth: bool = True
     restamp: bool = False
-    namespace: str = '/relpose_replay'
+    namespace: str | None = None            # None: /relpose_replay_<pid> (concurrent replays never collide)
     node_name: str = 'relocalize_node'
     spawn: bool = True
     backend: str = 'rgbd'
@@ -565,6 +566,8 @@ def replay_bag(bag: str | Path, options: ReplayOptions | None = None, progress=N
     progress: optional callable ``(k, n)`` called after each live frame is sent.
     """
     opts = options or ReplayOptions()
+    if opts.namespace is None:
+        opts = dataclasses.replace(opts, namespace=f'/relpose_replay_{os.getpid()}')
     if opts.rate_hz is not None and not opts.rate_hz > 0:
         raise ConfigError(f'rate_hz must be positive, got {opts.rate_hz}')
     if not opts.speed > 0:
