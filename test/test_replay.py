@@ -65,6 +65,8 @@ def test_replay_through_the_node_records_every_pose(bag, tmp_path):
             assert 0.0 < f.latency_s < 5.0
     np.testing.assert_allclose(result.gt_T_query_from_ref(result.frames[3]), relative_pose(seq.poses[1], seq.poses[3]))
     assert result.diagnostics['backend'] == 'constant' and result.diagnostics['reference_set'] == 'true'
+    history = result.diagnostics_history
+    assert len(history) >= 2 and history[0][0] < history[-1][0] and history[-1][1] == result.diagnostics
     assert 'new reference' in result.node_log and (tmp_path / 'node.log').is_file()
     d = result.to_dict()
     assert d['frames_sent'] == 6 and d['published'] == result.published

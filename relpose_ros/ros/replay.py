@@ -314,6 +314,7 @@ class ReplayResult:
     frames: list[ReplayFrame]
     unmatched_confidences: list[float] = field(default_factory=list)  # of estimates not published (gated / failed)
     diagnostics: dict[str, str] = field(default_factory=dict)          # the node's last diagnostics values
+    diagnostics_history: list[tuple[float, dict[str, str]]] = field(default_factory=list)  # (arrival s, values)
     node_command: list[str] = field(default_factory=list)
     node_log: str = ''
     startup_s: float = 0.0
@@ -481,6 +482,7 @@ class _Recorder:
         self.poses: list[tuple[float, int, np.ndarray]] = []        # (arrival, stamp, T_ref_from_query)
         self.confidences: list[tuple[float, float]] = []            # (arrival, confidence)
         self.diagnostics: dict[str, str] = {}
+        self.diagnostics_history: list[tuple[float, dict[str, str]]] = []   # (arrival, values)
         self.last_output = time.monotonic()
         self.relpose_topic = f'{ns}/relpose'
         self.node.create_subscription(TransformStamped, self.relpose_topic, self._on_pose, record)
@@ -515,8 +517,10 @@ class _Recorder:
     def _on_diagnostics(self, msg) -> None:
         for status in msg.status:
             if status.name.split(':', 1)[0].strip() in self._status_names:
+                values = {kv.key: kv.value for kv in status.values}
                 with self.lock:
-                    self.diagnostics = {kv.key: kv.value for kv in status.values}
+                    self.diagnostics = values
+                    self.diagnostics_history.append((time.monotonic(), values))
 
     def inputs_connected(self) -> bool:
         pubs = list(self.live.values()) + list(self.reference.values())
@@ -696,4 +700,5 @@ def replay_bag(bag: str | Path, options: ReplayOptions | None = None, progress=N
     return ReplayResult(bag=str(bag), reference_index=ref_i, reference_stamp_ns=reference.stamp_ns,
                         reference_T_world_from_cam=reference.T_world_from_cam, rate_hz=rate, frames=played,
                         unmatched_confidences=unmatched, diagnostics=dict(recorder.diagnostics),
+                        diagnostics_history=[(t - t_live, v) for t, v in recorder.diagnostics_history],
                         node_command=command, node_log=node_log, startup_s=startup_s, duration_s=duration_s)
