@@ -214,3 +214,19 @@ def test_draw_without_replacement_matches_successive_sampling(oversample, rounds
     # fewer positive weights than draws: the positives first (in some order), then zero-weight indices
     few = draw_without_replacement(torch.tensor([1.0, 2.0, 0.0, 0.0, 0.0]), 4, 4, g)
     assert all(set(row[:2].tolist()) == {0, 1} and len(set(row.tolist())) == 4 for row in few)
+
+
+def test_draw_without_replacement_batched_rows_use_their_own_weights():
+    from relpose_ros.backends.mickey import draw_without_replacement
+
+    g = torch.Generator().manual_seed(6)
+    W = torch.stack([torch.tensor([0.0, 1, 2, 3, 4, 10, 0, 5, 0.5, 0.5]),
+                     torch.tensor([5.0, 1, 0, 0, 1, 1, 1, 1, 1, 1])])
+    ours = draw_without_replacement(W, 20000, 3, g)                    # the MicKey minimal-set draw
+    assert ours.shape == (2, 20000, 3)
+    for b in range(2):
+        ref = torch.multinomial((W[b] / W[b].sum()).expand(20000, -1), 3, replacement=False, generator=g)
+        for k in range(3):
+            diff = (torch.bincount(ours[b, :, k], minlength=10) - torch.bincount(ref[:, k], minlength=10)).abs()
+            assert float(diff.max()) / 20000 < 0.015
+    assert not bool((ours[1] == 2).any() | (ours[1] == 3).any() | (ours[0] == 0).any())

@@ -39,49 +39,57 @@ def _first_occurrences(idx: torch.Tensor) -> torch.Tensor:
 
 def draw_without_replacement(weights: torch.Tensor, num_sets: int, n: int, generator: torch.Generator,
                              oversample: int = 2, rounds: int = 1) -> torch.Tensor:
-    """``num_sets`` independent draws of ``n`` distinct indices, probability proportional to ``weights`` (K,).
+    """Independent draws of ``n`` distinct indices, probability proportional to ``weights``.
+
+    weights (K,) -> (num_sets, n); weights (B,K) -> (B, num_sets, n), every row of B with its own weights.
 
     Successive sampling without replacement (what ``torch.multinomial(replacement=False)`` does) equals drawing
     with replacement and keeping the first occurrence of each index, in draw order. That needs a few ``n``
     inverse-CDF look-ups per set instead of one random key per candidate (K = M*N can be millions). A set still
     short of ``n`` distinct indices after ``rounds`` extensions (very peaked weights) is completed exactly by
-    ``torch.multinomial`` over the indices not drawn yet. With fewer than ``n`` positive weights every set is
-    drawn by ``torch.multinomial`` (which then adds zero-weight indices, like the official code). Returns (num_sets, n).
+    ``torch.multinomial`` over the indices not drawn yet. A row with fewer than ``n`` positive weights is drawn by
+    ``torch.multinomial`` (which then adds zero-weight indices, like the official code).
     """
-    K = weights.numel()
-    probs = weights.double() / weights.double().sum()
-    device = weights.device
-    if int((probs > 0).sum()) < n:
-        return torch.stack([torch.multinomial(probs.float(), n, replacement=False, generator=generator)
-                            for _ in range(num_sets)])
-    cdf = torch.cumsum(probs, 0)                                               # (K,)
+    single = weights.dim() == 1
+    w = weights.double().reshape(-1, weights.shape[-1])
+    B, K = w.shape
+    probs = w / w.sum(dim=1, keepdim=True)                                    # (B,K)
+    cdf = torch.cumsum(probs, dim=1)
+    device = w.device
 
-    def draws(rows: int, length: int) -> torch.Tensor:
-        u = torch.rand(rows, length, generator=generator, dtype=torch.float64, device=device) * cdf[-1]
-        return torch.searchsorted(cdf, u, right=True).clamp_max(K - 1)        # zero-weight entries never hit
+    def draws(length: int) -> torch.Tensor:                                   # (B*num_sets, length), all rows
+        u = torch.rand(B, num_sets * length, generator=generator, dtype=torch.float64, device=device)
+        idx = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)            # zero-weight entries never hit
+        return idx.clamp_max_(K - 1).view(B * num_sets, length)
 
-    out = torch.empty(num_sets, n, dtype=torch.int64, device=device)
-    rows = torch.arange(num_sets, device=device)
-    idx = draws(num_sets, oversample * n)
+    out = torch.empty(B * num_sets, n, dtype=torch.int64, device=device)
+    todo = torch.ones(B * num_sets, dtype=torch.bool, device=device)
+    few = ((probs > 0).sum(dim=1) < n).repeat_interleave(num_sets)
+    for r in torch.nonzero(few).flatten().tolist():
+        out[r] = torch.multinomial(probs[r // num_sets].float(), n, replacement=False, generator=generator)
+    todo &= ~few
+    idx = draws(oversample * n)
     for round_ in range(rounds + 1):
-        first = _first_occurrences(idx)
+        rows = torch.nonzero(todo).flatten()
+        if len(rows) == 0:
+            break
+        first = _first_occurrences(idx[rows])
         count = first.cumsum(1)
         enough = count[:, -1] >= n
         if bool(enough.any()):
             keep = first[enough] & (count[enough] <= n)
-            out[rows[enough]] = idx[enough][keep].view(-1, n)
-        if bool(enough.all()):
-            return out
-        rows, idx = rows[~enough], idx[~enough]
-        if round_ < rounds:                                                    # extend the short sets' sequences
-            idx = torch.cat([idx, draws(len(rows), 4 * idx.shape[1])], dim=1)
-    for r, seq, f in zip(rows.tolist(), idx, _first_occurrences(idx)):        # exact completion
-        got = seq[f]
-        rest = probs.clone()
+            out[rows[enough]] = idx[rows[enough]][keep].view(-1, n)
+            todo[rows[enough]] = False
+        if round_ < rounds and not bool(enough.all()):                       # extend every sequence
+            idx = torch.cat([idx, draws(4 * idx.shape[1])], dim=1)
+    for r in torch.nonzero(todo).flatten().tolist():                          # exact completion
+        seq = idx[r]
+        got = seq[_first_occurrences(seq[None])[0]]
+        rest = probs[r // num_sets].clone()
         rest[got] = 0
         more = torch.multinomial(rest.float(), n - len(got), replacement=False, generator=generator)
         out[r] = torch.cat([got, more])
-    return out
+    return out.view(num_sets, n) if single else out.view(B, num_sets, n)
 
 
 class MickeyEstimator(Estimator):
@@ -238,7 +246,9 @@ class MickeyEstimator(Estimator):
         X, Y, w = sample
         with timer('solve'):
             gen = torch.Generator(device=self.device).manual_seed(int(self.config['seed']) + 1)
-            res = solve(X, Y, w, self.solver_config, generator=gen)
+            # minimal sets: 3 distinct correspondences per hypothesis, probability proportional to weight
+            triplets = draw_without_replacement(w, self.solver_config.hypotheses_per_set, 3, gen)   # (S,H,3)
+            res = solve(X, Y, w, self.solver_config, triplets=triplets)
         if not res.ok:
             return PoseEstimate.failure(f'solver: {res.reason}', timer.timings)
         n = X.shape[1]
