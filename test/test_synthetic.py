@@ -117,3 +117,18 @@ def test_sensor_model_is_deterministic_and_bounded(scene):
     assert 2.0 < np.std(a.rgb.astype(float) - exact.rgb) < 4.0
     with pytest.raises(ConfigError, match='depth_noise'):
         SyntheticSequence(scene=scene, depth_noise=-1.0)
+
+
+def test_render_bench_runs_and_reports(capsys):
+    import argparse
+
+    from relpose_ros.bench import synthetic as bench
+
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    result = bench.run(parser.parse_args(['--frames', '2', '--sizes', '64x48']))
+    assert [(r['size'], r['sensor_model']) for r in result['rows']] == [('64x48', False), ('64x48', True)]
+    assert all(r['fps'] > 0 and r['median_ms'] > 0 for r in result['rows'])
+    assert 'frames/s' in capsys.readouterr().out
+    with pytest.raises(ConfigError, match='WxH'):
+        bench.run(parser.parse_args(['--sizes', '64by48']))
