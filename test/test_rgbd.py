@@ -173,3 +173,13 @@ def test_real_7scenes_pairs(seven_scenes, estimator, ref_index, gap):
     assert est.ok, est.reason
     assert rot < 3.0 and centre < 0.10, (rot, centre)
     assert est.confidence > 0.1
+
+
+def test_node_config_section_mirrors_default_config():
+    import yaml
+
+    from relpose_ros.ros.params import flatten
+
+    path = __import__('pathlib').Path(__file__).resolve().parents[1] / 'config' / 'relocalize.yaml'
+    section = yaml.safe_load(path.read_text())['relocalize_node']['ros__parameters']['rgbd']
+    assert flatten(section) == flatten(RGBDEstimator.default_config)
