@@ -11,7 +11,7 @@ from relpose_ros.data.synthetic import SyntheticScene, SyntheticSequence
 from relpose_ros.errors import DatasetError
 from relpose_ros.geometry import inverse_T, relative_pose
 from relpose_ros.ros.replay import (NodeProcess, ReplayError, ReplayOptions, cdr_restamp, cdr_stamp_ns, index_bag,
-                                    iter_frame_data, node_command, read_bag_stream, replay_bag)
+                                    iter_frame_data, match_confidences, node_command, read_bag_stream, replay_bag)
 
 pytestmark = pytest.mark.ros
 
@@ -103,3 +103,11 @@ def test_replay_into_an_already_running_node(bag, tmp_path):
     for f in result.frames:
         if f.published:
             np.testing.assert_allclose(f.T_ref_from_query, np.eye(4), atol=1e-12)
+
+
+def test_confidences_are_matched_to_poses_in_order():
+    # estimates at 0.0 (published), 0.2 (gated), 0.4 (published, confidence delivered 2 ms before the pose),
+    # 0.6 (published, confidence lost), 1.5 (gated)
+    poses = [0.001, 0.402, 0.601]
+    confidences = [0.002, 0.2, 0.400, 1.5]
+    assert match_confidences(poses, confidences) == [0, None, 1, None]

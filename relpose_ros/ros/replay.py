@@ -38,6 +38,7 @@ from ..geometry import make_T, quat_to_matrix, relative_pose
 
 IMAGE_TYPES = {'sensor_msgs/msg/Image': 'raw', 'sensor_msgs/msg/CompressedImage': 'compressed'}
 CONFIDENCE_MATCH_S = 0.5        # a confidence belongs to the pose received at most this long before it
+REORDER_S = 0.01                # ... or this long after it (different topics may arrive in either order)
 
 
 # Fast DDS puts a message into shared memory only when it fits the *sender's* segment (default 512 KiB); a
@@ -544,6 +545,28 @@ class _Recorder:
         self.context.try_shutdown()
 
 
+def match_confidences(pose_arrivals: list[float], confidence_arrivals: list[float],
+                      window_s: float = CONFIDENCE_MATCH_S, reorder_s: float = REORDER_S) -> list[int | None]:
+    """For each confidence (arrival order), the index of its pose or None (an estimate that was not published).
+
+    The node publishes ``relpose`` then ``relpose/confidence`` for every published estimate and only the confidence
+    for the others, so poses are an ordered subsequence of the confidences. A confidence takes the next unmatched
+    pose if that pose arrived at most ``window_s`` before it (or ``reorder_s`` after it: the two topics may be
+    delivered in either order); a pose much older than the confidence lost its own confidence and is skipped.
+    """
+    out: list[int | None] = []
+    j = 0
+    for c in confidence_arrivals:
+        while j < len(pose_arrivals) and pose_arrivals[j] < c - window_s:
+            j += 1                                       # that pose's confidence never came
+        if j < len(pose_arrivals) and pose_arrivals[j] <= c + reorder_s:
+            out.append(j)
+            j += 1
+        else:
+            out.append(None)
+    return out
+
+
 def _int(value: str | None) -> int:
     try:
         return int(value) if value is not None else 0
@@ -672,30 +695,29 @@ def replay_bag(bag: str | Path, options: ReplayOptions | None = None, progress=N
             node_log = node.log_text(20000)
         recorder.close()
 
-    # associate outputs with frames
-    unmatched: list[float] = []
-    pose_arrivals = []
+    # associate outputs with frames: poses by stamp, confidences by order (see match_confidences)
+    published: list[tuple[float, ReplayFrame | None]] = []
     for arrival, stamp, T in recorder.poses:
         rf = by_sent_stamp.get(stamp)
         if rf is not None and rf.T_ref_from_query is None:
             rf.T_ref_from_query, rf.received_s = T, arrival - t_live
-            pose_arrivals.append((arrival, rf))
-    j = 0
-    for arrival, confidence in recorder.confidences:
-        # the newest pose received before this confidence (and not yet given one) within the match window
-        while j + 1 < len(pose_arrivals) and pose_arrivals[j + 1][0] <= arrival:
-            j += 1
-        if pose_arrivals and pose_arrivals[j][0] <= arrival <= pose_arrivals[j][0] + CONFIDENCE_MATCH_S \
-                and pose_arrivals[j][1].confidence is None:
-            pose_arrivals[j][1].confidence = confidence
+        else:
+            rf = None                                   # not one of our frames (or a duplicate): still in order
+        published.append((arrival, rf))
+    unmatched: list[float] = []
+    matches = match_confidences([a for a, _ in published], [a for a, _ in recorder.confidences])
+    for (arrival, confidence), k in zip(recorder.confidences, matches):
+        if k is not None:
+            if published[k][1] is not None:
+                published[k][1].confidence = confidence
             continue
         unmatched.append(confidence)
         # an estimate that was not published: attribute it to the newest frame sent before it without any output
         # (the worker always takes the newest frame; approximate when frames are lost on the way)
         t = arrival - t_live
-        for rf in reversed(played):
-            if rf.sent_s <= t and rf.T_ref_from_query is None and rf.confidence is None:
-                rf.confidence = confidence
+        for frame in reversed(played):
+            if frame.sent_s <= t and frame.T_ref_from_query is None and frame.confidence is None:
+                frame.confidence = confidence
                 break
     return ReplayResult(bag=str(bag), reference_index=ref_i, reference_stamp_ns=reference.stamp_ns,
                         reference_T_world_from_cam=reference.T_world_from_cam, rate_hz=rate, frames=played,
