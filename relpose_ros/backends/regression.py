@@ -22,10 +22,10 @@ class RegressionEstimator(Estimator):
     name = 'regression'
     depth_usage = 'none'
     default_config: dict[str, Any] = {
-        'checkpoint': None,      # file written by `relpose train` (required)
-        'loftr_weights': None,   # optional: LoFTR checkpoint the head was trained with (checked, must match)
-        'image_size': None,      # [H, W] for landscape frames; None = the training size
-        'confidence': None,      # mutual | softmax | mutual_softmax; None = as trained
+        'checkpoint': '',        # file written by `relpose train` (required)
+        'loftr_weights': '',     # optional: LoFTR checkpoint the head was trained with (checked, must match)
+        'image_size': [0, 0],    # [H, W] for landscape frames (swapped for portrait); [0, 0] = the training size
+        'confidence': '',        # mutual | softmax | mutual_softmax; '' = as trained
     }
 
     def __init__(self, config=None, device: str = 'auto') -> None:
@@ -35,7 +35,12 @@ class RegressionEstimator(Estimator):
         if not self.config['checkpoint']:
             raise WeightsError('regression.checkpoint is not set: give the path of a checkpoint written by '
                                '`relpose train` (e.g. runs/regression/checkpoints/best.ckpt)')
-        overrides = {k: self.config[k] for k in ('image_size', 'confidence') if self.config[k] is not None}
+        overrides = {}
+        size = self.config['image_size']
+        if size is not None and any(int(v) for v in size):
+            overrides['image_size'] = [int(v) for v in size]
+        if self.config['confidence']:
+            overrides['confidence'] = self.config['confidence']
         self.model = load_regression_model(self.config['checkpoint'], overrides).to(self.device).eval()
         if self.config['loftr_weights']:
             self._check_loftr(self.config['loftr_weights'])

@@ -35,7 +35,9 @@ def open_source(spec: str, use_depth: bool = False) -> Sequence:
     if open_dataset is not None:
         try:
             return open_dataset(spec, use_depth=use_depth)
-        except TypeError:
+        except ConfigError as exc:  # a reader without the use_depth option
+            if 'use_depth' not in str(exc):
+                raise
             return open_dataset(spec)
     fmt, _, path = spec.partition(':')
     if fmt.lower() in ('7scenes', 'seven_scenes'):

@@ -59,3 +59,13 @@ def load_regression_model(path: str | Path, overrides: Mapping[str, Any] | None 
                            f'mismatches {bad[:3]}')
     model.load_state_dict(state)
     return model.eval()
+
+
+def save_model_checkpoint(model: RegressionModel, path: str | Path) -> Path:
+    """Write ``model`` in the layout ``relpose train`` writes (for benchmarks and tools; training writes its own)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cfg = dict(model.config)
+    torch.save({'state_dict': {'model.' + k: v for k, v in model.state_dict().items()},
+                'hyper_parameters': {'config': {'model': cfg}}}, path)
+    return path
