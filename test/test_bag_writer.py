@@ -93,3 +93,11 @@ def test_bad_arguments_are_named(tmp_path, sequence):
         write_bag(sequence, tmp_path / 'y', depth_encoding='mono8')
     with pytest.raises(ConfigError, match='storage'):
         write_bag(sequence, tmp_path / 'z', storage='bag1')
+
+
+def test_depth_encodings_mark_invalid_values():
+    from relpose_ros.data.bag_writer import depth_image
+
+    d = np.array([[0.5, np.nan, 70.0, -1.0, 0.0004, 1.2344]], dtype=np.float32)
+    np.testing.assert_array_equal(depth_image(d, '16UC1'), [[500, 0, 0, 0, 0, 1234]])
+    np.testing.assert_array_equal(depth_image(d, '32FC1'), d)

@@ -100,8 +100,8 @@ def depth_image(depth_m: np.ndarray, encoding: str) -> np.ndarray:
     if encoding == '32FC1':
         return depth_m.astype(np.float32)
     if encoding == '16UC1':
-        mm = np.nan_to_num(depth_m.astype(np.float64) * 1000.0, nan=0.0, posinf=0.0, neginf=0.0)
-        return np.clip(np.rint(mm), 0, 65534).astype(np.uint16)
+        mm = np.rint(np.nan_to_num(depth_m.astype(np.float64) * 1000.0, nan=0.0, posinf=0.0, neginf=0.0))
+        return np.where((mm > 0) & (mm < 65535), mm, 0).astype(np.uint16)      # out of range -> 0 (invalid)
     raise ConfigError(f"depth_encoding must be one of {', '.join(DEPTH_ENCODINGS)}, got '{encoding}'")
 
 
