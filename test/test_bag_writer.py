@@ -101,3 +101,25 @@ def test_depth_encodings_mark_invalid_values():
     d = np.array([[0.5, np.nan, 70.0, -1.0, 0.0004, 1.2344]], dtype=np.float32)
     np.testing.assert_array_equal(depth_image(d, '16UC1'), [[500, 0, 0, 0, 0, 1234]])
     np.testing.assert_array_equal(depth_image(d, '32FC1'), d)
+
+
+def test_compressed_image_and_depth(tmp_path, sequence):
+    import cv2
+
+    write_bag(sequence, tmp_path / 'c', image_format='png', depth_encoding='compressedDepth', indices=[1])
+    messages, _ = _read(tmp_path / 'c')
+    assert TOPIC_IMAGE not in messages and TOPIC_DEPTH not in messages
+    (_, img), = messages[TOPIC_IMAGE + '/compressed']
+    (_, dm), = messages[TOPIC_DEPTH + '/compressedDepth']
+    f = sequence[1].frame
+    assert img.format == 'rgb8; png compressed bgr8' and _stamp(img) == f.stamp_ns
+    np.testing.assert_array_equal(cv2.cvtColor(cv2.imdecode(img.data, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB), f.rgb)
+    assert dm.format == '16UC1; compressedDepth png'
+    mm = cv2.imdecode(dm.data[12:], cv2.IMREAD_UNCHANGED)
+    np.testing.assert_array_equal(mm, np.rint(f.depth.astype(np.float64) * 1000).astype(np.uint16))
+    write_bag(sequence, tmp_path / 'j', image_format='jpeg', indices=[1])
+    (_, jpg), = _read(tmp_path / 'j')[0][TOPIC_IMAGE + '/compressed']
+    decoded = cv2.imdecode(jpg.data, cv2.IMREAD_GRAYSCALE).astype(float)      # jpeg: lossy, chroma subsampled
+    assert np.abs(decoded - cv2.cvtColor(f.rgb, cv2.COLOR_RGB2GRAY)).mean() < 10.0
+    with pytest.raises(ConfigError, match='image_format'):
+        write_bag(sequence, tmp_path / 'k', image_format='bmp')

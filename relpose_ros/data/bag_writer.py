@@ -2,10 +2,11 @@
 
 Per frame (all with the frame's stamp as header stamp and bag timestamp):
 
-- ``/camera/color/image_raw``: sensor_msgs/Image rgb8;
+- ``/camera/color/image_raw``: sensor_msgs/Image rgb8 (or CompressedImage jpeg / png on ``.../compressed``);
 - ``/camera/color/camera_info``: sensor_msgs/CameraInfo (plumb_bob, zero distortion, P = [K | 0]);
 - ``/camera/aligned_depth_to_color/image_raw``: depth registered to the colour image, 16UC1 millimetres
-  (0 = invalid) or 32FC1 metres (NaN = invalid), when the frames have depth;
+  (0 = invalid), 32FC1 metres (NaN = invalid) or compressedDepth (16-bit PNG on ``.../compressedDepth``), when the
+  frames have depth;
 - ``/ground_truth/pose``: geometry_msgs/PoseStamped of the camera in ``world`` (``T_world_from_cam``), and the same
   transform on ``/tf`` (tf2_msgs/TFMessage, ``world`` -> the camera's frame id), when the frame has a pose.
 
@@ -16,9 +17,11 @@ reader and the replay tool (:class:`BagTopics`).
 from __future__ import annotations
 
 import shutil
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
 from rosbags.rosbag2 import StoragePlugin, Writer
@@ -35,12 +38,14 @@ TOPIC_DEPTH = '/camera/aligned_depth_to_color/image_raw'
 TOPIC_GT_POSE = '/ground_truth/pose'
 TOPIC_TF = '/tf'
 WORLD_FRAME = 'world'
-DEPTH_ENCODINGS = ('16UC1', '32FC1')
+DEPTH_ENCODINGS = ('16UC1', '32FC1', 'compressedDepth')
+IMAGE_FORMATS = ('raw', 'jpeg', 'png')
 STORAGES = {'mcap': StoragePlugin.MCAP, 'sqlite3': StoragePlugin.SQLITE3}
 
 TYPESTORE = get_typestore(Stores.ROS2_KILTED)
 _T = TYPESTORE.types
 IMAGE, CAMERA_INFO = 'sensor_msgs/msg/Image', 'sensor_msgs/msg/CameraInfo'
+COMPRESSED_IMAGE = 'sensor_msgs/msg/CompressedImage'
 POSE_STAMPED, TF_MESSAGE = 'geometry_msgs/msg/PoseStamped', 'tf2_msgs/msg/TFMessage'
 
 _INFINITE = QosTime(9223372036, 854775807)    # RMW_DURATION_INFINITE (INT64_MAX ns), as `ros2 bag record` writes it
@@ -102,7 +107,7 @@ def depth_image(depth_m: np.ndarray, encoding: str) -> np.ndarray:
     if encoding == '16UC1':
         mm = np.rint(np.nan_to_num(depth_m.astype(np.float64) * 1000.0, nan=0.0, posinf=0.0, neginf=0.0))
         return np.where((mm > 0) & (mm < 65535), mm, 0).astype(np.uint16)      # out of range -> 0 (invalid)
-    raise ConfigError(f"depth_encoding must be one of {', '.join(DEPTH_ENCODINGS)}, got '{encoding}'")
+    raise ConfigError(f"depth image encoding must be 16UC1 or 32FC1, got '{encoding}'")
 
 
 def camera_info_message(K: np.ndarray, width: int, height: int, stamp_ns: int, frame_id: str):
@@ -136,13 +141,46 @@ def tf_message(T_parent_from_child: np.ndarray, stamp_ns: int, parent: str, chil
     return _T[TF_MESSAGE](transforms=[stamped])
 
 
-def frame_messages(frame: Frame, depth_encoding: str = '16UC1') -> tuple[object, object, object | None]:
-    """(Image rgb8, CameraInfo, depth Image or None) of a frame, as rosbags messages."""
-    image = image_message(frame.rgb, 'rgb8', frame.stamp_ns, frame.frame_id)
+def compressed_image_message(rgb: np.ndarray, fmt: str, stamp_ns: int, frame_id: str, jpeg_quality: int = 95):
+    """RGB uint8 -> sensor_msgs/CompressedImage as image_transport's ``compressed`` plugin writes it."""
+    ext = {'jpeg': '.jpg', 'png': '.png'}[fmt]
+    params = [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)] if fmt == 'jpeg' else []
+    ok, enc = cv2.imencode(ext, cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR), params)
+    if not ok:
+        raise DatasetError(f'OpenCV could not encode a {rgb.shape[1]}x{rgb.shape[0]} image as {fmt}')
+    return _T[COMPRESSED_IMAGE](header=header(stamp_ns, frame_id), format=f'rgb8; {fmt} compressed bgr8',
+                                data=enc.reshape(-1))
+
+
+def compressed_depth_message(depth_m: np.ndarray, stamp_ns: int, frame_id: str):
+    """float32 metres -> CompressedImage of the ``compressedDepth`` transport: 12-byte header (format 0, no
+    quantisation) + 16UC1 millimetre PNG."""
+    ok, enc = cv2.imencode('.png', depth_image(depth_m, '16UC1'))
+    if not ok:
+        raise DatasetError('OpenCV could not encode the depth image as PNG')
+    data = np.frombuffer(struct.pack('<i2f', 0, 0.0, 0.0) + enc.tobytes(), dtype=np.uint8)
+    return _T[COMPRESSED_IMAGE](header=header(stamp_ns, frame_id), format='16UC1; compressedDepth png', data=data)
+
+
+def frame_messages(frame: Frame, depth_encoding: str = '16UC1', image_format: str = 'raw'
+                   ) -> tuple[object, object, object | None]:
+    """(colour image, CameraInfo, depth image or None) of a frame, as rosbags messages.
+
+    image_format: 'raw' (Image rgb8), 'jpeg' or 'png' (CompressedImage). depth_encoding: '16UC1' / '32FC1' (Image)
+    or 'compressedDepth' (CompressedImage, 16-bit PNG in millimetres).
+    """
+    if image_format == 'raw':
+        image = image_message(frame.rgb, 'rgb8', frame.stamp_ns, frame.frame_id)
+    else:
+        image = compressed_image_message(frame.rgb, image_format, frame.stamp_ns, frame.frame_id)
     info = camera_info_message(frame.K, frame.width, frame.height, frame.stamp_ns, frame.frame_id)
     depth = None
     if frame.depth is not None:
-        depth = image_message(depth_image(frame.depth, depth_encoding), depth_encoding, frame.stamp_ns, frame.frame_id)
+        if depth_encoding == 'compressedDepth':
+            depth = compressed_depth_message(frame.depth, frame.stamp_ns, frame.frame_id)
+        else:
+            depth = image_message(depth_image(frame.depth, depth_encoding), depth_encoding, frame.stamp_ns,
+                                  frame.frame_id)
     return image, info, depth
 
 
@@ -158,19 +196,28 @@ def _storage_for(path: Path, storage: str | None) -> str:
 
 
 def write_bag(sequence: Sequence, path: str | Path, *, storage: str | None = None, depth_encoding: str = '16UC1',
-              rate_hz: float | None = None, start_ns: int | None = None, indices=None, with_depth: bool = True,
-              with_ground_truth: bool = True, topics: BagTopics = BagTopics(), world_frame: str = WORLD_FRAME,
-              overwrite: bool = False, version: int = 9, progress: bool = False) -> BagSummary:
+              image_format: str = 'raw', rate_hz: float | None = None, start_ns: int | None = None, indices=None,
+              with_depth: bool = True, with_ground_truth: bool = True, topics: BagTopics = BagTopics(),
+              world_frame: str = WORLD_FRAME, overwrite: bool = False, version: int = 9,
+              progress: bool = False) -> BagSummary:
     """Write ``sequence`` (or its ``indices``) to the bag folder ``path``.
 
     storage: 'mcap' (default) or 'sqlite3' (default when ``path`` ends in .db3). Stamps are the frames' own, or
     ``start_ns + k / rate_hz`` when ``rate_hz`` is given (``start_ns`` defaults to the first frame's stamp).
+    image_format 'jpeg' / 'png' writes CompressedImage on ``<image topic>/compressed`` and depth_encoding
+    'compressedDepth' on ``<depth topic>/compressedDepth`` (image_transport's names).
     ``overwrite`` replaces an existing bag folder (one holding metadata.yaml), never anything else.
     """
     path = Path(path)
     storage = _storage_for(path, storage)
     if depth_encoding not in DEPTH_ENCODINGS:
         raise ConfigError(f"depth_encoding must be one of {', '.join(DEPTH_ENCODINGS)}, got '{depth_encoding}'")
+    if image_format not in IMAGE_FORMATS:
+        raise ConfigError(f"image_format must be one of {', '.join(IMAGE_FORMATS)}, got '{image_format}'")
+    image_topic, image_type = ((topics.image, IMAGE) if image_format == 'raw'
+                               else (topics.image + '/compressed', COMPRESSED_IMAGE))
+    depth_topic, depth_type = ((topics.depth + '/compressedDepth', COMPRESSED_IMAGE)
+                               if depth_encoding == 'compressedDepth' else (topics.depth, IMAGE))
     if rate_hz is not None and not rate_hz > 0:
         raise ConfigError(f'rate_hz must be positive, got {rate_hz}')
     indices = list(range(len(sequence))) if indices is None else [int(i) for i in indices]
@@ -216,11 +263,11 @@ def write_bag(sequence: Sequence, path: str | Path, *, storage: str | None = Non
             if last_ns is not None and stamp < last_ns:
                 raise DatasetError(f'frame {index} stamp {stamp} ns is earlier than the previous one ({last_ns} ns)')
             last_ns = stamp
-            image, info, depth = frame_messages(frame, depth_encoding)
-            write(topics.image, IMAGE, image, stamp)
+            image, info, depth = frame_messages(frame, depth_encoding, image_format)
+            write(image_topic, image_type, image, stamp)
             write(topics.camera_info, CAMERA_INFO, info, stamp)
             if depth is not None and with_depth:
-                write(topics.depth, IMAGE, depth, stamp)
+                write(depth_topic, depth_type, depth, stamp)
             if with_ground_truth and posed.has_pose:
                 write(topics.gt_pose, POSE_STAMPED, pose_stamped_message(posed.T_world_from_cam, stamp, world_frame),
                       stamp)

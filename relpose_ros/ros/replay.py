@@ -159,6 +159,11 @@ def index_bag(path: str | Path, topics: BagTopics = BagTopics(), use_depth: bool
     reader = _open_bag(path)
     try:
         present = {c.topic: c.msgtype for c in reader.connections}
+        # image_transport names: fall back to <image>/compressed and <depth>/compressedDepth
+        if topics.image not in present and topics.image + '/compressed' in present:
+            topics = dataclasses.replace(topics, image=topics.image + '/compressed')
+        if topics.depth not in present and topics.depth + '/compressedDepth' in present:
+            topics = dataclasses.replace(topics, depth=topics.depth + '/compressedDepth')
         for name in (topics.image, topics.camera_info):
             if name not in present:
                 raise DatasetError(f'bag {path} has no topic {name}; it has: '
