@@ -15,6 +15,7 @@ pose, and the bag's ground truth when it has one.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -65,20 +66,26 @@ FASTDDS_PROFILE = f"""<?xml version="1.0" encoding="UTF-8" ?>
 _PROFILE_VARS = ('FASTDDS_DEFAULT_PROFILES_FILE', 'FASTRTPS_DEFAULT_PROFILES_FILE')
 
 
-def use_large_message_transport(env: dict[str, str] | None = None) -> str | None:
-    """Point Fast DDS at a profile with a large shared-memory segment unless the user configured Fast DDS or chose
-    another RMW. Takes effect for participants created afterwards in processes that have not created one yet
-    (Fast DDS reads the profile file once per process). Returns the profile path when it set it."""
-    env = os.environ if env is None else env
+@contextlib.contextmanager
+def large_message_transport():
+    """While active, Fast DDS participants created by this process use a profile with a large shared-memory
+    segment, unless the user configured Fast DDS or chose another RMW. Only the first participant of a process
+    reads the profile (Fast DDS loads it once), and child processes do not inherit it. Yields the profile path
+    or None."""
+    env = os.environ
     if any(v in env for v in _PROFILE_VARS) or env.get('RMW_IMPLEMENTATION', 'rmw_fastrtps_cpp') != 'rmw_fastrtps_cpp':
-        return None
+        yield None
+        return
     path = Path(tempfile.gettempdir()) / f'relpose_replay_fastdds_{FASTDDS_SEGMENT_BYTES >> 20}mb.xml'
     if not path.is_file() or path.read_text() != FASTDDS_PROFILE:
         tmp = path.with_suffix(f'.{os.getpid()}.tmp')
         tmp.write_text(FASTDDS_PROFILE)
         tmp.replace(path)
     env['FASTDDS_DEFAULT_PROFILES_FILE'] = str(path)
-    return str(path)
+    try:
+        yield str(path)
+    finally:
+        env.pop('FASTDDS_DEFAULT_PROFILES_FILE', None)
 
 
 class ReplayError(RelposeError):
@@ -630,9 +637,9 @@ def replay_bag(bag: str | Path, options: ReplayOptions | None = None, progress=N
             params['depth_transport'] = stream.depth_transport
         params.update(opts.node_params)
         command = node_command(opts.namespace, params, opts.node_name)
-    use_large_message_transport()
     t_start = time.monotonic()
-    recorder = _Recorder(opts, stream.image_transport, stream.depth_transport)
+    with large_message_transport():
+        recorder = _Recorder(opts, stream.image_transport, stream.depth_transport)
     try:
         if opts.spawn:
             node = NodeProcess(command, opts.node_log)
