@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -241,7 +242,10 @@ def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> DemoResult
     echo(f"starting relocalize_node (backend {cfg.backend}) and replaying the bag at {cfg.fps:g} Hz ...")
     opts = ReplayOptions(backend=cfg.backend, reference_index=cfg.reference_index, restamp=True,
                          node_log=cfg.out / 'node.log', node_params={'device': cfg.device, **cfg.node_params})
-    result = replay_bag(bag.path, opts)
+    from tqdm import tqdm
+
+    with tqdm(total=cfg.frames, desc='replaying', unit='frame', disable=not sys.stderr.isatty(), leave=False) as bar:
+        result = replay_bag(bag.path, opts, progress=lambda k, n: bar.update(k - bar.n))
     t_replay = time.monotonic()
 
     rows, pairs = score_replay(result, seq.K, cfg.width, cfg.height)
