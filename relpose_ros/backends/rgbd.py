@@ -20,6 +20,7 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
+from scipy.special import expit
 
 from ..errors import FrameError
 from ..features import build_pipeline
@@ -222,7 +223,7 @@ class RGBDEstimator(Estimator):
                                        max_iterations=c['refine']['max_iterations'])
         err = reprojection_errors(R, t, Xn, uv_q, frame.K)
         th, k = float(p['th_soft_px']), float(c['ransac']['softness'])
-        score = float(np.sum(1.0 / (1.0 + np.exp(-(k / th) * (th - np.minimum(err, 1e6))))))
+        score = float(np.sum(expit((k / th) * (th - np.minimum(err, 1e6)))))
         n_inl = int(np.sum(err <= th))
         conf = soft_inlier_confidence(score, len(Xn), c['confidence_saturation'])
         return PoseEstimate(R=R, t=t, confidence=conf, score=score, num_inliers=n_inl, ok=True,
