@@ -186,7 +186,7 @@ def write_report(cfg: DemoConfig, result, rows: list[dict], summary: dict, eval_
     lines = ['# relpose demo', '',
              f'Synthetic room (seed {cfg.seed}), {cfg.frames} frames of {cfg.width}x{cfg.height} RGB-D at '
              f'{cfg.fps:g} Hz ({_sensor_text(cfg)}) written to `{BAG_NAME}/` (MCAP), replayed over DDS into '
-             f"`relocalize_node` (backend `{cfg.backend}`, reference = frame {result.reference_index}).", '',
+             f"`relocalize_node` (backend `{cfg.backend}`, reference = frame {result.reference_index}, not replayed as a live frame).", '',
              '## Summary', '', '```', format_summary(summary), '```', '']
     if eval_metrics is not None:
         table = markdown_table(eval_metrics).splitlines()
@@ -240,11 +240,13 @@ def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> DemoResult
          f'rendering alone ran at {render_fps:.1f} frames/s')
 
     echo(f"starting relocalize_node (backend {cfg.backend}) and replaying the bag at {cfg.fps:g} Hz ...")
+    # the reference frame itself is not replayed as a live frame (its identity pose would flatter the summary)
     opts = ReplayOptions(backend=cfg.backend, reference_index=cfg.reference_index, restamp=True,
-                         node_log=cfg.out / 'node.log', node_params={'device': cfg.device, **cfg.node_params})
+                         include_reference=False, node_log=cfg.out / 'node.log',
+                         node_params={'device': cfg.device, **cfg.node_params})
     from tqdm import tqdm
 
-    with tqdm(total=cfg.frames, desc='replaying', unit='frame', disable=not sys.stderr.isatty(), leave=False) as bar:
+    with tqdm(total=cfg.frames - 1, desc='replaying', unit='frame', disable=not sys.stderr.isatty(), leave=False) as bar:
         result = replay_bag(bag.path, opts, progress=lambda k, n: bar.update(k - bar.n))
     t_replay = time.monotonic()
 
