@@ -186,7 +186,8 @@ def write_report(cfg: DemoConfig, result, rows: list[dict], summary: dict, eval_
     lines = ['# relpose demo', '',
              f'Synthetic room (seed {cfg.seed}), {cfg.frames} frames of {cfg.width}x{cfg.height} RGB-D at '
              f'{cfg.fps:g} Hz ({_sensor_text(cfg)}) written to `{BAG_NAME}/` (MCAP), replayed over DDS into '
-             f"`relocalize_node` (backend `{cfg.backend}`, reference = frame {result.reference_index}, not replayed as a live frame).", '',
+             f"`relocalize_node` (backend `{cfg.backend}`, reference = frame {result.reference_index}, not replayed "
+             'as a live frame).', '',
              '## Summary', '', '```', format_summary(summary), '```', '']
     if eval_metrics is not None:
         table = markdown_table(eval_metrics).splitlines()
