@@ -65,7 +65,8 @@ def test_pair_targets_match_ground_truth(synthetic):
 
 
 def test_a_few_training_steps_lower_the_loss(tmp_path, synthetic):
-    cfg = tiny_config(tmp_path, max_steps=8, max_epochs=10)
+    cfg = tiny_config(tmp_path, max_steps=12, max_epochs=10)
+    cfg["data"]["pairs_per_epoch"] = 48               # one epoch, one checkpoint write
     dm, module, trainer = prepare(cfg, synthetic)
     batch = next(iter(dm.val_dataloader()))
 
@@ -79,8 +80,8 @@ def test_a_few_training_steps_lower_the_loss(tmp_path, synthetic):
     before = loss()
     trainer.fit(module, datamodule=dm)
     after = loss()
-    assert trainer.global_step == 8
-    assert after < 0.7 * before, (before, after)
+    assert trainer.global_step == 12
+    assert after < 0.8 * before, (before, after)
 
 
 def test_checkpoints_resume_and_summary(tmp_path, synthetic):
