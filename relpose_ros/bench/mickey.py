@@ -111,9 +111,6 @@ def run(args) -> dict[str, Any]:
 
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    if device.type == 'cuda':
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
     t0 = time.perf_counter()
     model, source = _model(args)
     build_s = time.perf_counter() - t0
