@@ -10,8 +10,9 @@ from relpose_ros.data.bag_writer import BagTopics, write_bag
 from relpose_ros.data.synthetic import SyntheticScene, SyntheticSequence
 from relpose_ros.errors import DatasetError
 from relpose_ros.geometry import inverse_T, relative_pose
-from relpose_ros.ros.replay import (NodeProcess, ReplayError, ReplayOptions, cdr_restamp, cdr_stamp_ns, index_bag,
-                                    iter_frame_data, match_confidences, node_command, read_bag_stream, replay_bag)
+from relpose_ros.data.bag_stream import cdr_restamp, cdr_stamp_ns, index_bag, iter_frame_data, read_bag_stream
+from relpose_ros.ros.node_process import NodeProcess, node_command
+from relpose_ros.ros.replay import ReplayError, ReplayOptions, match_confidences, replay_bag
 
 pytestmark = pytest.mark.ros
 
