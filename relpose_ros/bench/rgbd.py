@@ -77,6 +77,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f'too, as the OpenCV baseline did (default {KINECT_COLOUR_FOCAL})')
     parser.add_argument('--baseline', action='store_true',
                         help='also measure the OpenCV baseline configuration on the same pairs')
+    parser.add_argument('--focal-check', type=float, nargs='*', default=None, metavar='FX',
+                        help='only check which colour focal length fits the ground truth: median epipolar '
+                             '(Sampson) error of the GT poses on SIFT matches, per candidate FX (e.g. 495 525 585)')
     parser.add_argument('--pairs-json', type=Path, default=None, help='also write per-pair results here')
 
 
@@ -185,7 +188,58 @@ def print_table(rows: list[dict[str, Any]], describe: dict[str, Any]) -> None:
           'times above are per live frame with a cached reference)')
 
 
+def focal_check(sequence: Sequence, focals: list[float], gap: int = 60, stride: int = 40) -> dict[str, float]:
+    """Geometric mean over pairs (i, i + gap) of the median Sampson distance (px) of SIFT matches (inliers of an
+    intrinsics-free fundamental-matrix RANSAC) to the epipolar geometry of the ground-truth relative pose, for
+    each candidate focal length of the colour camera (principal point from the sequence's K)."""
+    import cv2
+
+    sift = cv2.SIFT_create(nfeatures=4000, contrastThreshold=0.01)
+    matcher = cv2.BFMatcher(cv2.NORM_L2, crossCheck=True)
+    logs = np.zeros(len(focals))
+    pairs = 0
+    for i in range(0, len(sequence) - gap, stride):
+        a, b = sequence[i], sequence[i + gap]
+        if not (a.has_pose and b.has_pose):
+            continue
+        ka, da = sift.detectAndCompute(cv2.cvtColor(a.frame.rgb, cv2.COLOR_RGB2GRAY), None)
+        kb, db = sift.detectAndCompute(cv2.cvtColor(b.frame.rgb, cv2.COLOR_RGB2GRAY), None)
+        if da is None or db is None:
+            continue
+        ms = matcher.match(da, db)
+        ua = np.float64([ka[m.queryIdx].pt for m in ms])
+        ub = np.float64([kb[m.trainIdx].pt for m in ms])
+        if len(ms) < 30:
+            continue
+        _, mask = cv2.findFundamentalMat(ua, ub, cv2.FM_RANSAC, 1.0, 0.999)
+        if mask is None or mask.sum() < 15:
+            continue
+        inl = mask.ravel().astype(bool)
+        xa, xb = np.c_[ua[inl], np.ones(inl.sum())], np.c_[ub[inl], np.ones(inl.sum())]
+        T = relative_pose(a.T_world_from_cam, b.T_world_from_cam)
+        t = T[:3, 3]
+        E = np.array([[0, -t[2], t[1]], [t[2], 0, -t[0]], [-t[1], t[0], 0]]) @ T[:3, :3]
+        for j, f in enumerate(focals):
+            K = a.frame.K.copy()
+            K[0, 0] = K[1, 1] = f
+            Ki = np.linalg.inv(K)
+            F = Ki.T @ E @ Ki
+            la, lb = xa @ F.T, xb @ F
+            num = np.sum(xb * la, 1) ** 2
+            den = la[:, 0] ** 2 + la[:, 1] ** 2 + lb[:, 0] ** 2 + lb[:, 1] ** 2
+            logs[j] += np.log(np.median(np.sqrt(num / den)))
+        pairs += 1
+    return {f'{f:g}': float(np.exp(v / max(pairs, 1))) for f, v in zip(focals, logs)}
+
+
 def run(args) -> dict[str, Any]:
+    if args.focal_check:
+        res = focal_check(SevenScenesSequence(args.data, use_depth=False), list(args.focal_check),
+                          gap=60, stride=int(args.stride))
+        print('colour focal (px) -> median epipolar error of the ground truth (px, geometric mean over pairs):')
+        for f, e in res.items():
+            print(f'  {f:>6}: {e:5.2f}')
+        return {'focal_check': res}
     config = load_config(args)
     estimator = create('rgbd', config=config, device=args.device)
     sequence: Sequence = SevenScenesSequence(args.data)
