@@ -278,9 +278,13 @@ def test_confidence_gate_and_runtime_parameter_change(harness):
     ro = h.node.set_parameters([Parameter('backend', value='rgbd')])[0]
     assert not ro.successful
     assert h.node.set_parameters([Parameter('min_confidence', value=0.25)])[0].successful
+    assert h.node.set_parameters([Parameter('covariance.position_std_min', value=0.1)])[0].successful
     stamp = now_ns()
     h.publish_live(make_frame(stamp))
     assert h.transform_for(stamp) is not None
+    assert h.wait(lambda: any(stamp_to_ns(m.header.stamp) == stamp for _, m in h.poses))
+    cov = next(m for _, m in h.poses if stamp_to_ns(m.header.stamp) == stamp).pose.covariance
+    assert cov[0] == pytest.approx((0.1 * (2.0 / 0.1) ** 0.7) ** 2)  # the new std at confidence 0.3
 
 
 def test_reference_replaced_mid_stream(harness):
