@@ -16,6 +16,7 @@ Entry points: :class:`SyntheticSequence` (a :class:`~relpose_ros.data.sequence.S
 """
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -314,6 +315,13 @@ class SyntheticScene:
         return rgb, depth.astype(np.float32).reshape(height, width)
 
 
+@functools.lru_cache(maxsize=4)
+def shared_scene(seed: int = 0) -> SyntheticScene:
+    """The default scene of a seed, built once per process (building the texture atlas takes ~0.5 s; a scene is
+    never modified by rendering, so sequences can share it)."""
+    return SyntheticScene(seed=seed)
+
+
 # ----------------------------------------------------------------------------- sequence and pairs
 
 
@@ -354,7 +362,7 @@ class SyntheticSequence(Sequence):
         self.poses = np.asarray(poses, dtype=np.float64)
         if self.poses.ndim != 3 or self.poses.shape[1:] != (4, 4):
             raise ConfigError(f'poses must be (N, 4, 4), got {self.poses.shape}')
-        self.scene = scene if scene is not None else SyntheticScene(seed=seed)
+        self.scene = scene if scene is not None else shared_scene(seed)
         self.use_depth = use_depth
         self.start_ns = int(start_ns)
         self.frame_id = frame_id
