@@ -485,6 +485,14 @@ def test_config_yaml_holds_every_default_and_loads(context):
     for spec in NODE_PARAMS:
         assert get(spec.name) == spec.default, f'{spec.name}: yaml {get(spec.name)!r} != node {spec.default!r}'
     assert params['constant'] == dict(ConstantEstimator.default_config)
+    from relpose_ros.backends import available, backend_class
+    from relpose_ros.ros.params import flatten
+
+    for name in available():  # backend sections added by their authors: only known keys
+        if name in params:
+            known = set(flatten(backend_class(name).default_config))
+            unknown = set(flatten(params[name])) - known
+            assert not unknown, f'config/relocalize.yaml: unknown {name} keys {sorted(unknown)}'
     node = RelocalizeNode(context=context, cli_args=['--ros-args', '--params-file', str(REPO / 'config/relocalize.yaml'),
                                                      '-p', 'backend:=constant', '-p', 'constant.confidence:=0.7',
                                                      '-p', 'min_confidence:=1'])  # an int for a float is fine
