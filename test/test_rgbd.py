@@ -183,3 +183,21 @@ def test_node_config_section_mirrors_default_config():
     path = __import__('pathlib').Path(__file__).resolve().parents[1] / 'config' / 'relocalize.yaml'
     section = yaml.safe_load(path.read_text())['relocalize_node']['ros__parameters']['rgbd']
     assert flatten(section) == flatten(RGBDEstimator.default_config)
+
+
+@pytest.mark.data
+def test_bench_command_prints_table_and_writes_json(seven_scenes, tmp_path, capsys):
+    import json
+
+    from relpose_ros.cli import main
+
+    out = tmp_path / 'bench.json'
+    rc = main(['bench', 'rgbd', '--data', str(seven_scenes), '--gaps', '30', '--stride', '480', '--json', str(out)])
+    assert rc in (0, None)
+    printed = capsys.readouterr().out
+    assert 'centre cm' in printed and 'baseline' in printed
+    result = json.loads(out.read_text())
+    (row,) = result['rows']
+    assert row['gap'] == 30 and row['pairs'] == 3          # i = 0, 480, 960
+    assert 0.0 <= row['within_25cm_5deg'] <= 1.0 and row['median_seconds'] > 0
+    assert result['colour_focal'] == 525.0 and result['backend']['backend'] == 'rgbd'
