@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from relpose_ros.models.mickey import load_mickey
+from relpose_ros.models.mickey import crop_to_patches, load_mickey
 from relpose_ros.models.mickey.heads import sine_positional_encoding
 from relpose_ros.models.mickey.matcher import DualSoftmaxDustbin, Matcher
 
@@ -110,6 +110,7 @@ def test_extractor_matches_golden_with_dinov2_intermediates(golden_model, golden
     hooks.append(capture(golden_model.extractor.det_head, got, 'head_input', pre=True))
     image = torch.from_numpy(g['image'])
     assert torch.equal(image, torch.from_numpy(g['image_u8']).float() / 255)
+    assert torch.equal(crop_to_patches(image), torch.from_numpy(g['image_cropped']))
     try:
         with torch.inference_mode():
             feats = golden_model.extract(image)

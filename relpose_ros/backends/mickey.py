@@ -104,7 +104,7 @@ class MickeyEstimator(Estimator):
         'backbone': 'vitl14',          # 'vitl14' (official) or 'vits14' (small, for own training)
         'image_size': [720, 540],      # processing box [long side, short side] px in the input's orientation;
                                        # the image is scaled to fit it, aspect ratio kept; [] or [0, 0] = native
-        'backbone_fp16': 'auto',       # float16 autocast of the backbone on CUDA: 'auto' (on with CUDA), 'true', 'false'
+        'backbone_fp16': 'auto',       # fp16 autocast of the backbone (CUDA only): 'auto', 'true', 'false'
         'num_sample_sets': 20,         # outer RANSAC iterations (sets of sampled correspondences)
         'samples_per_set': 2048,       # correspondences drawn per set from the final scores
         'hypotheses_per_set': 100,     # minimal-set hypotheses per set

@@ -99,7 +99,8 @@ class MickeyExtractor(nn.Module):
         return feats.float()
 
     def head_maps(self, feats: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Patch-token map (B,C,h,w) -> score (B,1,h,w), offset (B,2,h,w), depth (B,1,h,w), desc (B,D,h,w), kps (B,2,h,w)."""
+        """Patch-token map (B,C,h,w) -> maps score (B,1,h,w), offset (B,2,h,w), depth (B,1,h,w),
+        desc (B,D,h,w) and keypoints kps (B,2,h,w) in pixels."""
         score = self.det_head.normalise(self.det_head(feats))
         offset = torch.sigmoid(self.det_offset(feats))                      # (x, y) in (0,1)
         depth = self.depth_head(feats)                                       # metres, no activation

@@ -116,11 +116,11 @@ def _mismatch_report(path: Path, what: str, expected: Mapping[str, torch.Size], 
 
     return (f'{what}: {path} does not match the MicKey model ({len(got)} tensors in the file, '
             f'{len(expected)} expected)'
-            + part('missing', missing, lambda k: _official_name(k, what))
+            + part('missing', missing, _official_name)
             + part('unexpected', unexpected) + part('mis-shaped', misshaped))
 
 
-def _official_name(model_key: str, what: str) -> str:
+def _official_name(model_key: str) -> str:
     if model_key.startswith(BACKBONE_PREFIX):
         return model_key[len(BACKBONE_PREFIX):]
     return LIGHTNING_PREFIX + model_key
