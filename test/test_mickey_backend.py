@@ -230,3 +230,10 @@ def test_draw_without_replacement_batched_rows_use_their_own_weights():
             diff = (torch.bincount(ours[b, :, k], minlength=10) - torch.bincount(ref[:, k], minlength=10)).abs()
             assert float(diff.max()) / 20000 < 0.015
     assert not bool((ours[1] == 2).any() | (ours[1] == 3).any() | (ours[0] == 0).any())
+
+
+def test_reference_and_live_may_differ_in_size_and_orientation(model):
+    est = make(model, image_size=[0, 0])
+    ref = est.prepare_reference(frame(200, 150))                       # landscape 14x10 grid
+    res = est.estimate(ref, Frame(textured_image(160, 120), K_for(120, 160)))   # portrait 8x11 grid
+    assert np.all(np.isfinite(res.R)) and np.all(np.isfinite(res.t)) and (res.ok or res.reason)
