@@ -43,12 +43,14 @@ def sample_triplets_gumbel(weights: torch.Tensor, count: int, generator: torch.G
 
 @dataclass
 class RGBDFeatures:
-    """Cached reference data: features, cleaned depth (H,W) and 3-D points per keypoint (N,3, NaN rows)."""
+    """Cached reference data: features, cleaned depth (H,W), 3-D points per keypoint (N,3, NaN rows) and the
+    number of keypoints detected before those without depth were dropped."""
 
     features: Features
     depth: torch.Tensor
     K: torch.Tensor
     points: torch.Tensor
+    num_detected: int = 0
 
 
 class RGBDEstimator(Estimator):
@@ -66,6 +68,8 @@ class RGBDEstimator(Estimator):
         'ratio': 0.9,                   # Lowe's ratio test (first / second neighbour distance)
         'mutual': True,
         'use_query_depth': True,        # False: always PnP
+        # match only reference keypoints that have a 3-D point (the others can never be used)
+        'reference_keypoints_with_depth_only': True,
         'depth': {'min_m': 0.1, 'max_m': 10.0, 'edge_window': 5, 'edge_abs_m': 0.02, 'edge_rel': 0.03},
         'ransac': {'hypotheses': 512, 'th_score_m': 0.05, 'th_refine_m': 0.03, 'softness': 5.0, 'seed': 0},
         'pnp': {'reprojection_px': 3.0, 'iterations': 2000, 'confidence': 0.9999, 'th_soft_px': 3.0},
@@ -128,7 +132,13 @@ class RGBDEstimator(Estimator):
             depth = self._depth_tensor(frame)
             K = torch.as_tensor(frame.K, dtype=torch.float32, device=self.device)
             points = lift(depth, feats.keypoints, K)
-        return Reference(frame=frame, features=RGBDFeatures(feats, depth, K, points), timings=timer.timings)
+            detected = len(feats)
+            if self.config['reference_keypoints_with_depth_only'] and feats.descriptors is not None:
+                keep = torch.isfinite(points).all(-1)
+                feats = Features(feats.keypoints[keep], feats.descriptors[keep], feats.size,
+                                 None if feats.scores is None else feats.scores[keep], feats.image)
+                points = points[keep]
+        return Reference(frame=frame, features=RGBDFeatures(feats, depth, K, points, detected), timings=timer.timings)
 
     # ------------------------------------------------------------------ live frames
 
@@ -144,9 +154,14 @@ class RGBDEstimator(Estimator):
     def _estimate(self, reference: Reference, frame: Frame, timer: StageTimer) -> PoseEstimate:
         c = self.config
         ref: RGBDFeatures = reference.features
-        if len(ref.features) < c['min_keypoints'] and ref.features.descriptors is not None:
-            return PoseEstimate.failure(f'textureless reference image: {len(ref.features)} keypoints '
-                                        f'(< min_keypoints {c["min_keypoints"]})', timings=timer.timings)
+        if ref.features.descriptors is not None:
+            if ref.num_detected < c['min_keypoints']:
+                return PoseEstimate.failure(f'textureless reference image: {ref.num_detected} keypoints '
+                                            f'(< min_keypoints {c["min_keypoints"]})', timings=timer.timings)
+            if len(ref.features) < c['min_matches']:
+                return PoseEstimate.failure(f'no valid depth at the matches: only {len(ref.features)} of '
+                                            f'{ref.num_detected} reference keypoints have depth '
+                                            f'(< min_matches {c["min_matches"]})', timings=timer.timings)
         with timer('extract'):
             feats = self.extractor.extract(frame.rgb)
         if len(feats) < c['min_keypoints'] and feats.descriptors is not None:
