@@ -169,3 +169,22 @@ def test_missing_or_mismatched_weights_name_the_file(random_weights, tmp_path):
 def test_incompatible_matcher_is_a_config_error():
     with pytest.raises(ConfigError, match="cannot match 'loftr'"):
         build_pipeline('loftr', 'mnn_ratio', {}, torch.device('cpu'))
+
+
+def test_released_style_lightglue_file_without_derived_buffers_loads(random_weights, tmp_path):
+    """Released LightGlue files name layers self_attn.i / cross_attn.i and lack the derived buffers."""
+    sd = torch.load(random_weights['lightglue_disk'])
+    old = {}
+    for k, v in sd.items():
+        if k == 'confidence_thresholds':
+            continue
+        for kind in ('self_attn', 'cross_attn'):
+            for i in range(9):
+                k = k.replace(f'transformers.{i}.{kind}.', f'{kind}.{i}.')
+        old[k] = v
+    path = tmp_path / 'disk_lightglue_released.pth'
+    torch.save(old, path)
+    _, mat = build_pipeline('disk', 'lightglue', {'weights': {'extractor': str(random_weights['disk']),
+                                                               'matcher': str(path)}}, torch.device('cpu'))
+    loaded = mat.model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in sd.items())

@@ -55,15 +55,23 @@ def read_state_dict(path: str | Path, what: str) -> dict[str, torch.Tensor]:
 
 def load_weights(model: torch.nn.Module, path: str | Path, what: str,
                  rename: Any = None) -> torch.nn.Module:
-    """Strictly load ``path`` into ``model`` (eval mode); WeightsError naming the file when it does not fit."""
+    """Load ``path`` into ``model`` (eval mode). Every learnable parameter must be in the file with its shape;
+    buffers derived from the configuration (e.g. LightGlue's confidence thresholds, absent from released files)
+    keep the model's values and extra keys are ignored. Anything else is a WeightsError naming the file."""
     sd = read_state_dict(path, what)
     if rename is not None:
         sd = rename(sd)
     try:
-        model.load_state_dict(sd, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[:3]
-        raise WeightsError(f'{what} weights file {path} does not match the model: {" ".join(first)}') from exc
+        result = model.load_state_dict(sd, strict=False)
+    except RuntimeError as exc:                                   # shape mismatches
+        first = ' '.join(str(exc).splitlines()[:3])
+        raise WeightsError(f'{what} weights file {path} does not match the model: {first}') from exc
+    params = {name for name, _ in model.named_parameters()}
+    missing = [k for k in result.missing_keys if k in params]
+    if missing:
+        raise WeightsError(f'{what} weights file {path} does not match the model: {len(missing)} of {len(params)} '
+                           f'parameters missing (e.g. {", ".join(missing[:3])}); '
+                           f'file keys look like: {", ".join(list(sd)[:3])}')
     return model.eval()
 
 
@@ -144,8 +152,6 @@ class LightGlueMatcher(Matcher):
         self.device = torch.device(device)
         self.model = load_weights(model, weights, f'LightGlue ({features})',
                                   rename=_rename_lightglue(model.conf.n_layers)).to(self.device)
-        # buffers derived from the config are not in released files: fill them from a fresh model
-        self.model.eval()
 
     @torch.inference_mode()
     def match(self, a: Features, b: Features) -> Matches:
