@@ -50,6 +50,20 @@ def test_synthetic_pair_3d3d_is_exact(pair, estimator):
     assert {'extract', 'match', 'ransac'} <= set(est.timings)
 
 
+def test_synthetic_sequence_with_kinect_like_noise(estimator):
+    """Depth noise std 1.2 mm + 1.9 mm (z - 0.4)^2, pixel noise 2 grey levels: still sub-cm, sub-0.2 deg."""
+    from relpose_ros.data.synthetic import SyntheticSequence
+
+    seq = SyntheticSequence(num_frames=25, width=320, height=240, seed=2, depth_noise=1.0, rgb_noise=2.0, max_depth=6.0)
+    ref = estimator.prepare_reference(seq[0].frame)
+    for i in (8, 16):
+        est = estimator.estimate(ref, seq[i].frame)
+        rot, centre = errors(est, seq.gt_relative_pose(0, i))
+        assert est.ok and est.reason == '3d-3d', est.reason
+        assert rot < 0.2 and centre < 0.01, (i, rot, centre)
+        assert est.confidence > 0.5
+
+
 def test_synthetic_pair_pnp_with_reference_depth_only(pair, estimator):
     est = estimator.estimate_pair(pair.reference.frame, without_depth(pair.query.frame))
     rot, centre = errors(est, pair.T_query_from_ref)
