@@ -134,7 +134,8 @@ def evaluate_pairs(estimator, sequence, gaps: list[int], stride: int) -> list[di
             seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
             T_gt = relative_pose(a.T_world_from_cam, b.T_world_from_cam)
             rec = {'gap': g, 'ref': i, 'query': i + g, 'ok': est.ok, 'reason': est.reason,
-                   'confidence': est.confidence, 'inliers': est.num_inliers, 'seconds': seconds, 'cpu_seconds': cpu_seconds,
+                   'confidence': est.confidence, 'inliers': est.num_inliers, 'seconds': seconds,
+                   'cpu_seconds': cpu_seconds,
                    'timings': dict(est.timings),
                    'rot_deg': None, 'centre_m': None}
             if est.ok:
@@ -170,22 +171,27 @@ def _fmt(v, spec: str) -> str:
     return '-' if v is None or (isinstance(v, float) and not np.isfinite(v)) else format(v, spec)
 
 
+def _pct(v) -> str:
+    return '    -' if v is None else f'{v * 100:4.0f}%'
+
+
 def print_table(rows: list[dict[str, Any]], describe: dict[str, Any]) -> None:
     print(f"rgbd backend: {describe}")
     head = (f"{'gap':>4} {'pairs':>5} {'fail':>4} | {'rot deg':>7} {'centre cm':>9} {'25cm&5deg':>9} "
-            f"{'5cm&5deg':>8} {'med s':>6} {'p90 s':>6} {'cpu s':>6} | baseline: {'rot':>5} {'cm':>5} {'25/5':>5} {'5/5':>5}")
+            f"{'5cm&5deg':>8} {'med s':>6} {'p90 s':>6} {'cpu s':>6} | "
+            f"baseline: {'rot':>5} {'cm':>5} {'25/5':>5} {'5/5':>5}")
     print(head)
     print('-' * len(head))
     for r in rows:
         b = OPENCV_BASELINE.get(r['gap'], {})
         print(f"{r['gap']:>4} {r['pairs']:>5} {r['failures']:>4} | {_fmt(r['median_rot_deg'], '7.2f')} "
               f"{_fmt(r['median_centre_m'] * 100, '9.1f')} {r['within_25cm_5deg'] * 100:8.0f}% "
-              f"{r['within_5cm_5deg'] * 100:7.0f}% {_fmt(r['median_seconds'], '6.3f')} {_fmt(r['p90_seconds'], '6.3f')} "
+              f"{r['within_5cm_5deg'] * 100:7.0f}% {_fmt(r['median_seconds'], '6.3f')} "
+              f"{_fmt(r['p90_seconds'], '6.3f')} "
               f"{_fmt(r.get('median_cpu_seconds'), '6.3f')}"
               f" |           {_fmt(b.get('median_rot_deg'), '5.1f')} "
               f"{_fmt(b.get('median_centre_m', float('nan')) * 100, '5.1f')} "
-              f"{_fmt(b.get('within_25cm_5deg', float('nan')) * 100, '4.0f')}% "
-              f"{_fmt(b.get('within_5cm_5deg', float('nan')) * 100, '4.0f')}%")
+              f"{_pct(b.get('within_25cm_5deg'))} {_pct(b.get('within_5cm_5deg'))}")
     print(f'(baseline: OpenCV SIFT + ratio + PnP RANSAC, about {BASELINE_SECONDS_PER_PAIR} s per pair; '
           'times above are per live frame with a cached reference: wall-clock median / p90 and median process '
           f'CPU time; load average now {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)')
@@ -266,5 +272,6 @@ def run(args) -> dict[str, Any]:
         print('\nOpenCV baseline configuration measured on the same pairs:')
         print_table(result_baseline, base.describe())
     return {'backend': estimator.describe(), 'config': estimator.config, 'data': str(args.data),
-            'stride': int(args.stride), 'colour_focal': args.colour_focal, 'cpu_count': os.cpu_count(), 'load_average': list(os.getloadavg()),
-            'rows': rows, 'baseline_measured': result_baseline, 'baseline': {str(k): v for k, v in OPENCV_BASELINE.items()}}
+            'stride': int(args.stride), 'colour_focal': args.colour_focal, 'cpu_count': os.cpu_count(),
+            'load_average': list(os.getloadavg()), 'rows': rows, 'baseline_measured': result_baseline,
+            'baseline': {str(k): v for k, v in OPENCV_BASELINE.items()}}
