@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator
 
+import cv2
 import numpy as np
 import torch
 from scipy.special import expit
@@ -150,6 +151,9 @@ class RGBDEstimator(Estimator):
                 return self._estimate(reference, frame, timer)
         except FrameError as exc:
             return PoseEstimate.failure(f'bad frame: {exc}', timings=timer.timings)
+        except (cv2.error, np.linalg.LinAlgError, ValueError) as exc:   # numerical trouble on odd input
+            return PoseEstimate.failure(f'pose computation failed: {type(exc).__name__}: {exc}',
+                                        timings=timer.timings)
 
     def _estimate(self, reference: Reference, frame: Frame, timer: StageTimer) -> PoseEstimate:
         c = self.config
