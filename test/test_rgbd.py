@@ -215,3 +215,25 @@ def test_bench_command_prints_table_and_writes_json(seven_scenes, tmp_path, caps
     assert row['gap'] == 30 and row['pairs'] == 3          # i = 0, 480, 960
     assert 0.0 <= row['within_25cm_5deg'] <= 1.0 and row['median_seconds'] > 0
     assert result['colour_focal'] == 525.0 and result['backend']['backend'] == 'rgbd'
+
+
+def test_depth_in_millimetres_is_named_in_the_reason(pair, estimator):
+    r = pair.reference.frame
+    est = estimator.estimate_pair(Frame(r.rgb, r.K, r.depth * 1000.0), pair.query.frame)
+    assert_clean_failure(est, 'no valid depth')
+    assert 'metres' in est.reason
+
+
+def test_query_of_another_size_and_intrinsics(pair, estimator):
+    """A half-resolution live camera against a full-resolution reference (K scaled accordingly)."""
+    from relpose_ros.geometry import scale_intrinsics
+
+    q = pair.query.frame
+    rgb = cv2.resize(q.rgb, (160, 120), interpolation=cv2.INTER_AREA)
+    depth = cv2.resize(q.depth, (160, 120), interpolation=cv2.INTER_NEAREST)
+    K = scale_intrinsics(q.K, 0.5)
+    K[0, 2], K[1, 2] = (q.K[0, 2] + 0.5) * 0.5 - 0.5, (q.K[1, 2] + 0.5) * 0.5 - 0.5   # pixel-centre convention
+    est = estimator.estimate_pair(pair.reference.frame, Frame(rgb, K, depth))
+    rot, centre = errors(est, pair.T_query_from_ref)
+    assert est.ok, est.reason
+    assert rot < 0.5 and centre < 0.02, (rot, centre)

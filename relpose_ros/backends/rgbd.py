@@ -114,6 +114,11 @@ class RGBDEstimator(Estimator):
 
     # ------------------------------------------------------------------ reference
 
+    def _depth_hint(self) -> str:
+        d = self.config['depth']
+        return (f"depth must be float32 metres in [{d['min_m']}, {d['max_m']}] (depth.min_m / depth.max_m), "
+                'registered to the colour image')
+
     def _depth_tensor(self, frame: Frame) -> torch.Tensor:
         d = self.config['depth']
         cleaned = clean_depth(frame.depth, d['min_m'], d['max_m'], int(d['edge_window']), d['edge_abs_m'],
@@ -165,7 +170,8 @@ class RGBDEstimator(Estimator):
             if len(ref.features) < c['min_matches']:
                 return PoseEstimate.failure(f'no valid depth at the matches: only {len(ref.features)} of '
                                             f'{ref.num_detected} reference keypoints have depth '
-                                            f'(< min_matches {c["min_matches"]})', timings=timer.timings)
+                                            f'(< min_matches {c["min_matches"]}; {self._depth_hint()})',
+                                            timings=timer.timings)
         with timer('extract'):
             feats = self.extractor.extract(frame.rgb)
         if len(feats) < c['min_keypoints'] and feats.descriptors is not None:
@@ -187,8 +193,8 @@ class RGBDEstimator(Estimator):
                 use_3d = int(ok_both.sum()) >= c['min_matches']
         if int(ok_ref.sum()) < c['min_matches']:
             return PoseEstimate.failure(f'no valid depth at the matches: {int(ok_ref.sum())} of {len(m)} matches '
-                                        f'have reference depth (< min_matches {c["min_matches"]})',
-                                        timings=timer.timings)
+                                        f'have reference depth (< min_matches {c["min_matches"]}; '
+                                        f'{self._depth_hint()})', timings=timer.timings)
         if use_3d:
             return self._pose_3d3d(m, X, Y, ok_both, ref, frame, timer)
         return self._pose_pnp(m, X, ok_ref, ref, frame, timer)
