@@ -260,7 +260,7 @@ def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> DemoResult
         eval_result = EvalResult(pairs=pairs, mode='replay', dropped_frames=result.dropped_frames,
                                  meta={'backend': cfg.backend, 'dataset': f'synthetic:seed={cfg.seed}',
                                        'protocol': f'fixed reference {result.reference_index}'},
-                                 trajectory=_trajectory(result))
+                                 trajectory=_trajectory(result, pairs))
         eval_metrics = build_metrics(eval_result)
         if cfg.plots:
             from .eval import plots as P
@@ -288,18 +288,13 @@ def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> DemoResult
     return DemoResult(summary=summary, rows=rows, out=cfg.out, files=files)
 
 
-def _trajectory(result) -> dict | None:
-    """Camera centres in the reference camera frame (x right, z forward: the x-z plane is a top view)."""
-    gt, est = [], []
-    for f in result.frames:
-        gt_T = result.gt_T_query_from_ref(f)
-        if gt_T is None:
-            continue
-        gt.append(np.linalg.inv(gt_T)[:3, 3])
-        est.append(f.T_ref_from_query[:3, 3] if f.published else np.full(3, np.nan))
-    if not gt:
-        return None
-    return {'gt': np.array(gt), 'est': np.array(est), 'ref': np.zeros((1, 3))}
+def _trajectory(result, pairs) -> dict | None:
+    """World-frame camera centres of the estimated frames and the whole true path (for the top-view plot)."""
+    from .eval.offline import trajectory_from_pairs
+
+    world = {f.index: f.T_world_from_cam for f in result.frames}
+    world[result.reference_index] = result.reference_T_world_from_cam
+    return trajectory_from_pairs(world, pairs)
 
 
 def _jsonable(x):
