@@ -37,7 +37,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument('--device', default=d.device, choices=('auto', 'cpu', 'cuda'), help='node device (default: auto)')
     p.add_argument('--reference', type=int, default=d.reference_index, help='reference frame index (default: 0)')
     p.add_argument('-p', '--param', dest='params', type=_param, action='append', default=[], metavar='NAME:=VALUE',
-                   help='extra node parameter, e.g. -p rgbd.max_keypoints:=1000 (repeatable)')
+                   help='extra node parameter, e.g. -p rgbd.num_features:=1000 (repeatable)')
     p.add_argument('--exact', action='store_true', help='exact images and depth (default: Kinect-like sensor noise)')
     p.add_argument('--no-plots', dest='plots', action='store_false', help='skip the PNG plots')
     p.set_defaults(func=run)
