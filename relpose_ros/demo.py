@@ -122,7 +122,7 @@ def summarize_demo(result, rows: list[dict], timings: dict[str, float]) -> dict[
     return {
         'frames_sent': len(rows), 'estimated': len(estimated), 'published': result.published,
         'not_published': sum(r['status'] == 'not published' for r in rows), 'dropped': result.dropped_frames,
-        'node_dropped_frames': result.diagnostics.get('dropped_frames'),
+        'node_dropped_frames': _as_int(result.diagnostics.get('dropped_frames')),
         'median_rot_err_deg': med('rot_err_deg'), 'median_centre_err_m': med('centre_err_m'),
         'max_centre_err_m': max((r['centre_err_m'] for r in good), default=float('nan')),
         'within_25cm_5deg': (sum(bool(r['accepted']) for r in scored) / len(scored)) if scored else float('nan'),
@@ -295,6 +295,13 @@ def _trajectory(result, pairs) -> dict | None:
     world = {f.index: f.T_world_from_cam for f in result.frames}
     world[result.reference_index] = result.reference_T_world_from_cam
     return trajectory_from_pairs(world, pairs)
+
+
+def _as_int(text: str | None) -> int | None:
+    try:
+        return int(text) if text is not None else None
+    except ValueError:
+        return None
 
 
 def _jsonable(x):
