@@ -59,8 +59,9 @@ class SolverResult:
 
 def residuals(R: torch.Tensor, t: torch.Tensor, X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
     """``sqrt(|R X + t - Y|^2 + 1e-6)``: R (...,3,3), t (...,3), X/Y (...,N,3) -> (...,N)."""
-    diff = X @ R.transpose(-1, -2) + t.unsqueeze(-2) - Y
-    return torch.sqrt((diff * diff).sum(-1) + RESIDUAL_EPS)
+    diff = X @ R.transpose(-1, -2)                                        # (...,N,3), one allocation
+    diff.add_(t.unsqueeze(-2)).sub_(Y)                                   # in place: no (S,H,N,3) temporaries
+    return torch.sqrt(diff.square().sum(-1) + RESIDUAL_EPS)
 
 
 def soft_inliers(r: torch.Tensor, th: float, softness: float = 5.0) -> torch.Tensor:

@@ -51,7 +51,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from geometry_msgs.msg import PoseWithCovarianceStamped, TransformStamped
     from rclpy.parameter import Parameter
     from rclpy.serialization import deserialize_message, serialize_message
-    from sensor_msgs.msg import CameraInfo, Image
     from std_msgs.msg import Float32
 
     from ..ros.conversions import frame_to_messages, messages_to_frame, numpy_to_image_msg

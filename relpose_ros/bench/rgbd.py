@@ -17,11 +17,10 @@ from typing import Any
 import numpy as np
 
 from ..backends import create
-from ..data.sequence import PosedFrame, Sequence
+from ..data.registered import RegisteredSequence
+from ..data.sequence import Sequence
 from ..data.seven_scenes import SevenScenesSequence
-from ..features.depth import register_depth
 from ..geometry import camera_centre_error, relative_pose, rotation_error_deg
-from ..types import Frame
 
 #: OpenCV SIFT (4000) + ratio test + PnP RANSAC with reference depth, measured by the team (REFERENCE.md).
 OPENCV_BASELINE = {
@@ -40,25 +39,6 @@ KINECT_COLOUR_FOCAL = 525.0
 BASELINE_CONFIG = {'extractor': 'opencv_sift', 'num_features': 4000, 'contrast_threshold': 0.04, 'root_sift': False,
                    'ratio': 0.8, 'mutual': False, 'use_query_depth': False,
                    'depth': {'edge_window': 1}, 'min_inliers': 4, 'min_matches': 4}
-
-
-class RegisteredSequence(Sequence):
-    """A posed RGB-D sequence whose colour camera has intrinsics ``K_colour`` while its depth images are in
-    the base sequence's K (the depth camera): frames get ``K_colour`` and depth registered into it."""
-
-    def __init__(self, base: Sequence, K_colour: np.ndarray) -> None:
-        self.base, self.K_colour = base, np.asarray(K_colour, dtype=np.float64)
-        self.name = base.name
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def load(self, index: int) -> PosedFrame:
-        pf = self.base.load(index)
-        f = pf.frame
-        depth = None if f.depth is None else register_depth(f.depth, f.K, self.K_colour, (f.width, f.height))
-        frame = Frame(rgb=f.rgb, K=self.K_colour.copy(), depth=depth, stamp_ns=f.stamp_ns, frame_id=f.frame_id)
-        return PosedFrame(frame=frame, T_world_from_cam=pf.T_world_from_cam, name=pf.name)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -16,6 +16,7 @@ TARGETS = {
     'rgbd': 'rgbd backend accuracy and per-frame time on 7-Scenes pairs',
     'mickey': 'MicKey per-frame time with cached reference vs full pair forward, peak memory',
     'regression': 'regression backend per-frame time and training step time',
+    'synthetic': 'synthetic renderer frames/s',
 }
 
 

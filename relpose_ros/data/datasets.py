@@ -111,10 +111,10 @@ def open_dataset(spec: str, **options: Any) -> Sequence:
 
 
 def _with_colour_focal(sequence, focal: float):
-    """7-Scenes frames with the colour camera's focal length and depth registered into it (helper B's wrapper)."""
+    """7-Scenes frames with the colour camera's focal length and depth registered into it ."""
     import numpy as np
 
-    from ..bench.rgbd import RegisteredSequence
+    from .registered import RegisteredSequence
 
     K = np.array(sequence.K, dtype=np.float64)
     K[0, 0] = K[1, 1] = focal
