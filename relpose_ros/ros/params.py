@@ -26,7 +26,7 @@ class ParamSpec:
 NODE_PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec('backend', 'rgbd', 'estimator backend (see relpose_ros.backends.available())', read_only=True),
     ParamSpec('device', 'auto', 'torch device for the backend', choices=('auto', 'cpu', 'cuda'), read_only=True),
-    ParamSpec('min_confidence', 0.5, 'poses with a lower confidence are not published on relpose / relpose/pose '
+    ParamSpec('min_confidence', 0.2, 'poses with a lower confidence are not published on relpose / relpose/pose '
               '(their confidence still is)', range=(0.0, 1.0)),
     ParamSpec('image_transport', 'raw', "colour images: 'raw' (sensor_msgs/Image on image) or 'compressed' "
               '(sensor_msgs/CompressedImage on image/compressed)', choices=('raw', 'compressed'), read_only=True),
