@@ -32,3 +32,26 @@ def golden_mickey() -> Path:
     if not (GOLDEN_MICKEY / 'make_weights.py').is_file():
         pytest.skip(f'MicKey golden kit not found at {GOLDEN_MICKEY}')
     return GOLDEN_MICKEY
+
+
+@pytest.fixture(scope='module')
+def one_torch_thread():
+    """One torch intra-op thread for the module: on a busy 2-core machine spinning OpenMP workers slow small
+    models about 10x (use with ``pytestmark = pytest.mark.usefixtures('one_torch_thread')``)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope='module')
+def context():
+    """A private rclpy context for the module (real rclpy, shut down afterwards)."""
+    import rclpy
+
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    yield ctx
+    rclpy.try_shutdown(context=ctx)

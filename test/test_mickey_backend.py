@@ -14,13 +14,7 @@ from relpose_ros.types import Frame
 from test_mickey_model import textured_image
 
 
-@pytest.fixture(scope='module', autouse=True)
-def one_torch_thread():
-    """One intra-op thread: on the shared 2-core machine spinning OpenMP workers slow small models 10x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
 def K_for(W: int, H: int, f: float = 200.0) -> np.ndarray:

@@ -23,13 +23,7 @@ from relpose_ros.models.mickey.matcher import DualSoftmaxDustbin, Matcher
 REL_TOL = 1e-4
 
 
-@pytest.fixture(scope='module', autouse=True)
-def one_torch_thread():
-    """One intra-op thread: on the shared 2-core machine spinning OpenMP workers slow small models 10x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
 def assert_close(name: str, mine, golden: np.ndarray) -> None:

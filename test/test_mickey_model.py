@@ -14,13 +14,7 @@ from relpose_ros.models.mickey import MickeyConfig, MickeyModel, export_official
 SMALL = MickeyConfig('vits14')
 
 
-@pytest.fixture(scope='module', autouse=True)
-def one_torch_thread():
-    """One intra-op thread: on the shared 2-core machine spinning OpenMP workers slow small models 10x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
 def textured_image(H: int, W: int, dx: int = 0, dy: int = 0) -> np.ndarray:

@@ -11,7 +11,7 @@ import torch
 rclpy = pytest.importorskip('rclpy')
 
 from geometry_msgs.msg import TransformStamped  # noqa: E402
-from rclpy.executors import MultiThreadedExecutor  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import QoSProfile, qos_profile_sensor_data  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
@@ -23,24 +23,12 @@ from relpose_ros.types import Frame  # noqa: E402
 
 from test_mickey_model import textured_image  # noqa: E402
 
-pytestmark = pytest.mark.ros
+pytestmark = [pytest.mark.ros, pytest.mark.usefixtures('one_torch_thread')]
 K = np.array([[200.0, 0.0, 100.0], [0.0, 200.0, 75.0], [0.0, 0.0, 1.0]])
 
 
-@pytest.fixture(scope='module')
-def context():
-    ctx = rclpy.Context()
-    rclpy.init(context=ctx)
-    yield ctx
-    rclpy.try_shutdown(context=ctx)
 
 
-@pytest.fixture(scope='module', autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope='module')
@@ -98,7 +86,7 @@ def test_rgb_only_pose_published(context, small_weights):
             tester.create_publisher(CameraInfo, 'camera_info', qos_profile_sensor_data))
     ref = (tester.create_publisher(Image, 'reference/image', reliable),
            tester.create_publisher(CameraInfo, 'reference/camera_info', reliable))
-    executor = MultiThreadedExecutor(num_threads=2, context=context)
+    executor = SingleThreadedExecutor(context=context)
     executor.add_node(node)
     executor.add_node(tester)
     thread = threading.Thread(target=executor.spin, daemon=True)

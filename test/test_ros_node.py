@@ -16,7 +16,7 @@ rclpy = pytest.importorskip('rclpy')
 
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from geometry_msgs.msg import PoseWithCovarianceStamped, TransformStamped  # noqa: E402
-from rclpy.executors import MultiThreadedExecutor  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import QoSProfile, qos_profile_sensor_data  # noqa: E402
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image  # noqa: E402
@@ -40,12 +40,6 @@ T_XYZ = [0.1, -0.2, 0.5]
 _ns = itertools.count()
 
 
-@pytest.fixture(scope='module')
-def context():
-    ctx = rclpy.Context()
-    rclpy.init(context=ctx)
-    yield ctx
-    rclpy.try_shutdown(context=ctx)
 
 
 def make_frame(stamp_ns: int, frame_id: str = 'live_cam', seed: int = 0) -> Frame:
@@ -93,7 +87,7 @@ class Harness:
         ]
         self.set_client = self.tester.create_client(Trigger, f'{self.ns}/relocalize_node/set_reference')
         self.clear_client = self.tester.create_client(Trigger, f'{self.ns}/relocalize_node/clear_reference')
-        self.executor = MultiThreadedExecutor(num_threads=2, context=context)
+        self.executor = SingleThreadedExecutor(context=context)
         self.executor.add_node(self.node)
         self.executor.add_node(self.tester)
         self.thread = threading.Thread(target=self.executor.spin, daemon=True)
@@ -310,7 +304,14 @@ def test_latest_only_with_slow_estimator(harness):
     period = 0.2
     h = harness(params={'constant.delay_s': period})
     h.set_reference_topic(make_frame(now_ns(), 'ref_cam'))
-    sent, dropped_seen = 0, []
+    # Warm-up, not timed: the first frames page in every code path of the pipeline (a cold first call can take a
+    # second on a machine that evicts page cache), so the timed loop measures the steady state.
+    for s in range(3):
+        h.publish_live(make_frame(now_ns(), seed=s))
+        time.sleep(0.05)
+    assert h.wait(lambda: len(h.transforms) >= 1, 10.0) and h.node.pipeline.wait_idle(2.0)
+    received0, dropped0 = h.node.pipeline.stats.live_frames, h.node.pipeline.stats.dropped_frames
+    sent, dropped_seen, loop_start_ns = 0, [], now_ns()
     t_end = time.monotonic() + 2.5
     next_t = time.monotonic()
     frames = [frame_to_messages(make_frame(0, seed=s)) for s in range(3)]
@@ -327,13 +328,14 @@ def test_latest_only_with_slow_estimator(harness):
         time.sleep(max(0.0, next_t - time.monotonic()))
     assert h.node.pipeline.wait_idle(2.0)
     with h.lock:
-        ages = [recv - stamp_to_ns(m.header.stamp) * 1e-9 for recv, m in h.transforms]
-    received = h.node.pipeline.stats.live_frames
+        ages = [recv - stamp_to_ns(m.header.stamp) * 1e-9 for recv, m in h.transforms
+                if stamp_to_ns(m.header.stamp) >= loop_start_ns]          # poses of the timed frames only
+    received = h.node.pipeline.stats.live_frames - received0
     assert received >= sent * 0.8, f'only {received} of {sent} frames arrived'
     assert 5 <= len(ages) <= 2.5 / period + 2, f'{len(ages)} poses for a {period} s estimator over 2.5 s'
     assert max(ages) <= 2 * period + 0.25, f'stale pose: {max(ages):.3f} s old (estimator period {period} s)'
     assert dropped_seen == sorted(dropped_seen) and dropped_seen[-1] > dropped_seen[0]
-    assert h.node.pipeline.stats.dropped_frames >= received - len(ages) - 2
+    assert h.node.pipeline.stats.dropped_frames - dropped0 >= received - len(ages) - 2
 
 
 def _mutations():
