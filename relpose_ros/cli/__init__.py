@@ -18,13 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest='command', metavar='COMMAND')
     sub.required = True
     for name in SUBCOMMANDS:
-        try:
-            module = importlib.import_module(f'relpose_ros.cli.{name}')
-        except ModuleNotFoundError as exc:
-            if exc.name != f'relpose_ros.cli.{name}':
-                raise
-            continue
-        module.add_parser(sub)
+        importlib.import_module(f'relpose_ros.cli.{name}').add_parser(sub)
     return parser
 
 

@@ -25,12 +25,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     targets = p.add_subparsers(dest='target', metavar='TARGET')
     targets.required = True
     for name, help_text in TARGETS.items():
-        try:
-            module = importlib.import_module(f'relpose_ros.bench.{name}')
-        except ModuleNotFoundError as exc:
-            if exc.name != f'relpose_ros.bench.{name}':
-                raise
-            continue
+        module = importlib.import_module(f'relpose_ros.bench.{name}')
         tp = targets.add_parser(name, help=help_text)
         tp.add_argument('--json', type=Path, default=None, help='write the result as JSON to this file')
         module.add_arguments(tp)

@@ -18,6 +18,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument('--max-steps', type=int, default=None)
     p.add_argument('--max-epochs', type=int, default=None)
     p.add_argument('--resume', default=None, help="checkpoint to resume from, or 'last' (OUT/checkpoints/last.ckpt)")
+    p.add_argument('--stage', choices=('all', 'matching', 'head'), default='all',
+                   help='all: matching pre-training (if pretrain_matching.steps > 0) then the head; matching: only '
+                        'the LoFTR matching pre-training (writes OUT/loftr_matching.pth); head: skip it')
     p.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
                    help='override any config value, e.g. --set data.batch_size=4 (YAML value syntax)')
     p.set_defaults(func=run)
@@ -50,9 +53,18 @@ def run(args) -> int:
                             ('max_epochs', 'train.max_epochs', int)):
         if getattr(args, flag) is not None:
             overrides[key] = conv(getattr(args, flag))
+    if args.stage == 'head':
+        overrides['pretrain_matching.steps'] = 0
     cfg = load_train_config(args.config, overrides)
+    if args.stage == 'matching':
+        from ..train.run import run_matching_stage
+        if int(cfg['pretrain_matching']['steps']) <= 0:
+            raise ConfigError('--stage matching needs pretrain_matching.steps > 0')
+        _, summary = run_matching_stage(cfg)
+        print(json.dumps(summary, indent=2, default=float))
+        return 0
     summary = fit(cfg, resume=args.resume)
-    print(json.dumps({k: summary[k] for k in ('trivial', 'initial', 'final', 'best', 'seconds', 'steps',
+    print(json.dumps({k: summary[k] for k in ('pretrain_matching', 'trivial', 'initial', 'final', 'best', 'seconds', 'steps',
                                                'best_checkpoint', 'last_checkpoint') if k in summary},
                      indent=2, default=float))
     return 0
