@@ -26,6 +26,14 @@ DEFAULT_TRAIN_CONFIG: dict[str, Any] = {
         'num_workers': 0,
         'augment': True,        # photometric: brightness, contrast, gamma, noise (training only)
     },
+    # LoFTR coarse stage trained on ground-truth coarse matches (depth + poses of data.train) before the head,
+    # when no pretrained LoFTR file exists; steps: 0 = off. See relpose_ros/train/matching.py.
+    'pretrain_matching': {
+        'steps': 0, 'lr': 1e-3, 'schedule': 'onecycle', 'batch_size': 4, 'min_gap': 3, 'max_gap': 40,
+        'temperature': 0.1, 'occlusion_tol': 0.15, 'augment': True, 'eval_every': 100, 'eval_pairs': 64,
+        'max_time_s': None, 'out': None,
+        'warmup_steps': 0, 'warmup_size': [120, 160],  # optional first stage at a smaller (cheaper) size
+    },
     'optim': {'lr': 1e-4, 'weight_decay': 0.0, 'lr_decay': 0.9, 'lr_decay_every': 6},
     'train': {
         'max_epochs': 20,
@@ -58,6 +66,8 @@ def train_config(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
         raise ConfigError('train.cache_backbone needs data.augment: false (augmented images have other features)')
     if cfg['train']['cache_backbone'] and cfg['model']['unfreeze_loftr'] == 'all':
         raise ConfigError('train.cache_backbone needs a frozen LoFTR backbone (model.unfreeze_loftr != all)')
+    from .matching import check_config
+    check_config(cfg['pretrain_matching'])
     return cfg
 
 

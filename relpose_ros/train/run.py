@@ -64,16 +64,39 @@ def prepare(cfg: Mapping[str, Any], sequences: Mapping[str, Any] | None = None):
     return dm, RegressionLitModule(cfg), build_trainer(cfg)
 
 
+def run_matching_stage(cfg: Mapping[str, Any], resume: str | None = None,
+                       sequences: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Stage 1 when ``pretrain_matching.steps > 0`` (and not resuming): train the LoFTR coarse stage on GT
+    matches, then continue with ``model.loftr_weights`` = the file it wrote. Returns (config, its summary)."""
+    import copy
+
+    cfg = copy.deepcopy(dict(cfg))
+    if int(cfg['pretrain_matching']['steps']) <= 0 or resume is not None:
+        return cfg, None
+    import torch
+
+    from .matching import pretrain_matching
+
+    if cfg['train']['num_threads']:
+        torch.set_num_threads(int(cfg['train']['num_threads']))
+    summary = pretrain_matching(cfg, sequences)
+    cfg['model']['loftr_weights'] = summary['weights']
+    return cfg, summary
+
+
 def fit(cfg: Mapping[str, Any], resume: str | None = None, sequences: Mapping[str, Any] | None = None
         ) -> dict[str, Any]:
     """Train; returns a summary (trivial-predictor and initial/final validation metrics, paths, seconds).
 
     ``resume``: a checkpoint path, or 'last' for OUT/checkpoints/last.ckpt (optimizer, epoch and step restored).
     """
+    cfg, matching = run_matching_stage(cfg, resume, sequences)
     dm, module, trainer = prepare(cfg, sequences)
     out = Path(cfg['out_dir'])
     summary: dict[str, Any] = {'train_pairs': int(len(dm.train_pairs)),
                                'val_pairs': 0 if dm.val_pairs is None else int(len(dm.val_pairs))}
+    if matching is not None:
+        summary['pretrain_matching'] = matching
     summary['trivial'] = dm.trivial_val_metrics()
     if summary['trivial'] is not None:
         log.info('trivial predictor (mean training pose) on validation: %s', json.dumps(summary['trivial']))
