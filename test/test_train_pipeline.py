@@ -93,6 +93,7 @@ def test_checkpoints_resume_and_summary(tmp_path, synthetic):
     assert json.loads((tmp_path / 'summary.json').read_text())['steps'] == 2
     resumed = fit(tiny_config(tmp_path, max_steps=4, max_epochs=5), resume='last', sequences=synthetic)
     assert resumed['steps'] == 4                      # continued from step 2, not from 0
+    assert torch.load(last, weights_only=False)['global_step'] == 4   # last.ckpt follows every epoch
     with pytest.raises(ConfigError, match='does not exist'):
         fit(tiny_config(tmp_path / 'other', max_steps=1), resume='last', sequences=synthetic)
 

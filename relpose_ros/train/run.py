@@ -35,13 +35,16 @@ def build_trainer(cfg: Mapping[str, Any], callbacks: list | None = None):
 
     t = cfg['train']
     out = Path(cfg['out_dir'])
-    ckpt = ModelCheckpoint(dirpath=out / 'checkpoints', filename='best', monitor='val/centre_med_m', mode='min',
-                           save_top_k=1, save_last=True) if cfg['data']['val'] else \
-        ModelCheckpoint(dirpath=out / 'checkpoints', save_last=True, save_top_k=0)
+    # Lightning 2.6 refreshes `save_last` only when the monitored checkpoint improves, so last.ckpt is its own
+    # callback without a monitor: overwritten after every epoch (what --resume last continues from).
+    last = ModelCheckpoint(dirpath=out / 'checkpoints', filename='last', save_top_k=1, monitor=None,
+                           enable_version_counter=False)
+    ckpt = [ModelCheckpoint(dirpath=out / 'checkpoints', filename='best', monitor='val/centre_med_m', mode='min',
+                            save_top_k=1, enable_version_counter=False)] if cfg['data']['val'] else []
     return L.Trainer(
         max_epochs=t['max_epochs'], max_steps=t['max_steps'], max_time=t['max_time'],
         accelerator=t['accelerator'], devices=t['devices'], strategy=t['strategy'], precision=_precision(cfg),
-        default_root_dir=str(out), logger=CSVLogger(str(out), name='logs'), callbacks=[ckpt, *(callbacks or [])],
+        default_root_dir=str(out), logger=CSVLogger(str(out), name='logs'), callbacks=[*ckpt, last, *(callbacks or [])],
         log_every_n_steps=t['log_every_n_steps'], enable_progress_bar=t['progress_bar'],
         num_sanity_val_steps=0, deterministic=False)
 
