@@ -106,3 +106,21 @@ def test_matching_stage_writes_loftr_weights_the_model_loads(tmp_path):
         train_config({'pretrain_matching': {'min_gap': 3, 'max_gap': 1}})
     with pytest.raises(ConfigError, match='warmup_size'):
         train_config({'pretrain_matching': {'warmup_steps': 5, 'warmup_size': [24]}})
+
+
+def test_relpose_train_stage_matching_cli(tmp_path):
+    import json
+
+    import yaml
+
+    from relpose_ros.cli import main
+    cfg = {'out_dir': str(tmp_path / 'run'), 'model': {'image_size': [48, 64]},
+           'data': {'train': [{'dataset': 'synthetic:5', 'frames': [0, 5]}], 'val': []},
+           'pretrain_matching': {'steps': 1, 'batch_size': 1, 'min_gap': 1, 'max_gap': 1, 'eval_pairs': 1}}
+    path = tmp_path / 'cfg.yaml'
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(['train', '--config', str(path), '--stage', 'matching']) == 0
+    summary = json.loads((tmp_path / 'run' / 'matching_summary.json').read_text())
+    assert summary['steps'] == {'main': 1} and (tmp_path / 'run' / 'loftr_matching.pth').is_file()
+    assert not (tmp_path / 'run' / 'checkpoints').exists()          # the head stage did not run
+    assert main(['train', '--config', str(path), '--stage', 'matching', '--set', 'pretrain_matching.steps=0']) == 2
