@@ -115,3 +115,17 @@ def test_targets_and_output_conversion_round_trip():
     assert np.allclose(centre, -T[:3, :3].T @ T[:3, 3])
     R, t = pose_to_T_query_from_ref(quat, centre / np.linalg.norm(centre), np.linalg.norm(centre))
     assert np.allclose(R, T[:3, :3], atol=1e-9) and np.allclose(t, T[:3, 3], atol=1e-9)
+
+
+def test_centre_term_is_the_camera_centre_error_and_off_in_the_paper_loss():
+    q = torch.tensor([[1.0, 0.0, 0.0, 0.0]])
+    t_gt = torch.tensor([[1.0, 0.0, 0.0]])
+    d, s = torch.tensor([[0.0, 1.0, 0.0]]), torch.tensor([0.5])
+    paper = pose_loss(q, d, s, q, t_gt)
+    assert float(paper['centre']) == pytest.approx(np.sqrt(1.25))      # |(0, 0.5, 0) - (1, 0, 0)|
+    assert float(paper['loss']) == pytest.approx(1.0 + 0.5)            # rot 0 + dir 1 + scale 0.5, no centre
+    both = pose_loss(q, d, s, q, t_gt, weights={'centre': 2.0, 'scale': 0.0})
+    assert float(both['loss']) == pytest.approx(1.0 + 2.0 * np.sqrt(1.25))
+    # a shorter prediction in a wrong direction costs less centre error: the term pulls towards the reference
+    shorter = pose_loss(q, d, torch.tensor([0.1]), q, t_gt)
+    assert float(shorter['centre']) < float(paper['centre'])

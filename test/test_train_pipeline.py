@@ -64,6 +64,37 @@ def test_pair_targets_match_ground_truth(synthetic):
     assert np.allclose(centre, T_ref_from_query[:3, 3])
 
 
+def test_mirrored_targets_are_the_pose_of_the_mirrored_cameras():
+    from relpose_ros.geometry import make_T, matrix_to_quat, quat_to_matrix
+    rng = np.random.default_rng(5)
+    M = np.diag([-1.0, 1.0, 1.0])
+    for _ in range(5):
+        q = rng.normal(size=4)
+        q = q / np.linalg.norm(q) * np.sign(q[0])
+        c = rng.normal(size=3)
+        qm, cm = D.mirror_targets(q, c)
+        R = quat_to_matrix(q)                              # R_ref_from_query
+        assert np.allclose(quat_to_matrix(qm), M @ R @ M, atol=1e-9)
+        assert np.allclose(cm, M @ c)
+        X_q = rng.normal(size=(3, 4))                      # points in the query camera
+        X_r = R @ X_q + c[:, None]
+        assert np.allclose(quat_to_matrix(qm) @ (M @ X_q) + cm[:, None], M @ X_r)   # mirrored world, same pair
+        assert np.isclose(abs(matrix_to_quat(M @ R @ M) @ qm), 1.0)
+
+
+def test_mirror_doubles_the_pairs_with_flipped_images_and_own_cache_keys(synthetic):
+    scene = D.load_scene(synthetic['synthetic:a'], None, [16, 24], 0)
+    pairs = D.build_pairs([scene], {'mode': 'gap', 'min_gap': 1, 'max_gap': 2})
+    plain, mirrored = D.PairDataset([scene], pairs), D.PairDataset([scene], pairs, mirror=True)
+    assert len(mirrored) == 2 * len(plain) and len(mirrored.scene_of_item()) == len(mirrored)
+    a, b = plain[3], mirrored[len(pairs) + 3]
+    assert torch.equal(b['gray_q'], a['gray_q'].flip(-1)) and torch.equal(b['gray_r'], a['gray_r'].flip(-1))
+    assert torch.allclose(b['t_gt'], a['t_gt'] * torch.tensor([-1.0, 1.0, 1.0]))
+    assert torch.allclose(b['quat_gt'], a['quat_gt'] * torch.tensor([1.0, 1.0, -1.0, -1.0]))
+    assert int(b['key_q']) == int(a['key_q']) + D.MIRROR_KEY_OFFSET
+    assert torch.equal(mirrored[3]['gray_q'], a['gray_q'])          # the first half is unchanged
+
+
 def test_a_few_training_steps_lower_the_loss(tmp_path, synthetic):
     cfg = tiny_config(tmp_path, max_steps=12, max_epochs=10)
     cfg["data"]["pairs_per_epoch"] = 48               # one epoch, one checkpoint write
@@ -116,3 +147,18 @@ def test_relpose_train_cli_on_seven_scenes(tmp_path, seven_scenes):
     assert summary['steps'] == 2
     assert (tmp_path / 'run' / 'checkpoints' / 'best.ckpt').is_file()
     assert main(['train', '--config', str(tmp_path / 'missing.yaml')]) == 2
+
+
+def test_training_with_mirror_cache_and_centre_loss(tmp_path, synthetic):
+    cfg = tiny_config(tmp_path, max_steps=3, max_epochs=3, cache_backbone=True)
+    cfg['data']['mirror'] = True
+    cfg['loss'] = {'rot': 1.0, 'dir': 1.0, 'scale': 0.0, 'centre': 1.0}
+    dm, module, trainer = prepare(cfg, synthetic)
+    n_train, n_val = len(dm.train_scenes[0].poses), len(dm.val_scenes[0].poses)
+    assert module.warm_cache(dm.train_scenes + dm.val_scenes) == n_train + n_val
+    assert module.warm_cache(dm.train_scenes, mirrored=True) == 2 * n_train + n_val
+    trainer.fit(module, datamodule=dm)
+    assert trainer.global_step == 3
+    assert len(module._feature_cache) == 2 * n_train + n_val     # every training item came from the cache
+    with pytest.raises(ConfigError, match='bogus'):
+        train_config({'loss': {'bogus': 1.0}})

@@ -25,7 +25,10 @@ DEFAULT_TRAIN_CONFIG: dict[str, Any] = {
         'batch_size': 8,
         'num_workers': 0,
         'augment': True,        # photometric: brightness, contrast, gamma, noise (training only)
+        'mirror': False,        # also train on every pair with both images flipped left-right (pose mirrored)
     },
+    # loss weights: the paper's rotation + direction + scale (unit weights); 'centre' adds |s d - t| (metres)
+    'loss': {'rot': 1.0, 'dir': 1.0, 'scale': 1.0, 'centre': 0.0},
     # LoFTR coarse stage trained on ground-truth coarse matches (depth + poses of data.train) before the head,
     # when no pretrained LoFTR file exists; steps: 0 = off. See relpose_ros/train/matching.py.
     'pretrain_matching': {

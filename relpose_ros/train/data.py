@@ -151,25 +151,52 @@ def pair_targets(scene: LoadedScene, query: int, ref: int) -> tuple[np.ndarray, 
     return T_to_targets(relative_pose(scene.poses[ref], scene.poses[query]))
 
 
-class PairDataset(Dataset):
-    """Item k of ``pairs`` ((P, 3): scene, query, reference) as a dict of tensors."""
+MIRROR_KEY_OFFSET = 1 << 40   # feature-cache keys of mirrored frames: frame id + this
 
-    def __init__(self, scenes: list[LoadedScene], pairs: np.ndarray) -> None:
-        self.scenes, self.pairs = scenes, np.asarray(pairs, dtype=np.int64)
+
+def mirror_targets(quat: np.ndarray, centre: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Targets of the pair seen in both images mirrored left-right (x -> -x in both camera frames).
+
+    With M = diag(-1, 1, 1): R' = M R M (same angle, axis (ax, -ay, -az)) and c' = M c, so the quaternion
+    (w, x, y, z) becomes (w, x, -y, -z).
+    """
+    return quat * np.array([1.0, 1.0, -1.0, -1.0]), centre * np.array([-1.0, 1.0, 1.0])
+
+
+class PairDataset(Dataset):
+    """Item k of ``pairs`` ((P, 3): scene, query, reference) as a dict of tensors.
+
+    ``mirror``: items P..2P-1 are the same pairs with both images flipped left-right and the targets mirrored
+    (:func:`mirror_targets`; exact for a principal point at the image centre, as 7-Scenes' and most cameras').
+    """
+
+    def __init__(self, scenes: list[LoadedScene], pairs: np.ndarray, mirror: bool = False) -> None:
+        self.scenes, self.pairs, self.mirror = scenes, np.asarray(pairs, dtype=np.int64), bool(mirror)
 
     def __len__(self) -> int:
-        return len(self.pairs)
+        return len(self.pairs) * (2 if self.mirror else 1)
+
+    def scene_of_item(self) -> np.ndarray:
+        """(len,) scene index of every item (for :class:`SceneBalancedSampler`)."""
+        return np.tile(self.pairs[:, 0], 2 if self.mirror else 1)
 
     def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
-        s, q, r = (int(v) for v in self.pairs[k])
+        flip = k >= len(self.pairs)
+        s, q, r = (int(v) for v in self.pairs[k - len(self.pairs) if flip else k])
         scene = self.scenes[s]
         quat, centre = pair_targets(scene, q, r)
+        gq, gr = scene.gray[q], scene.gray[r]
+        offset = 0
+        if flip:
+            quat, centre = mirror_targets(quat, centre)
+            gq, gr = np.ascontiguousarray(gq[:, ::-1]), np.ascontiguousarray(gr[:, ::-1])
+            offset = MIRROR_KEY_OFFSET
         return {
-            'gray_q': torch.from_numpy(scene.gray[q]).float().div_(255.0)[None],   # (1, H, W)
-            'gray_r': torch.from_numpy(scene.gray[r]).float().div_(255.0)[None],
-            'quat_gt': torch.from_numpy(quat).float(),                               # (4,)
-            't_gt': torch.from_numpy(centre).float(),                                # (3,)
-            'key_q': torch.tensor(scene.first_id + q), 'key_r': torch.tensor(scene.first_id + r),
+            'gray_q': torch.from_numpy(gq).float().div_(255.0)[None],   # (1, H, W)
+            'gray_r': torch.from_numpy(gr).float().div_(255.0)[None],
+            'quat_gt': torch.from_numpy(quat).float(),                  # (4,)
+            't_gt': torch.from_numpy(centre).float(),                   # (3,)
+            'key_q': torch.tensor(scene.first_id + q + offset), 'key_r': torch.tensor(scene.first_id + r + offset),
             'scene': torch.tensor(s),
         }
 

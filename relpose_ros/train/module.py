@@ -87,9 +87,10 @@ class PairDataModule(L.LightningDataModule):
 
     def train_dataloader(self):
         d = self.cfg['data']
-        sampler = D.SceneBalancedSampler(self.train_pairs[:, 0], d['pairs_per_epoch'], self.cfg['seed'])
-        return D.make_loader(D.PairDataset(self.train_scenes, self.train_pairs), d['batch_size'], sampler=sampler,
-                             num_workers=d['num_workers'], drop_last=len(self.train_pairs) > d['batch_size'])
+        dataset = D.PairDataset(self.train_scenes, self.train_pairs, mirror=d['mirror'])
+        sampler = D.SceneBalancedSampler(dataset.scene_of_item(), d['pairs_per_epoch'], self.cfg['seed'])
+        return D.make_loader(dataset, d['batch_size'], sampler=sampler,
+                             num_workers=d['num_workers'], drop_last=len(dataset) > d['batch_size'])
 
     def val_dataloader(self):
         if self.val_pairs is None:
@@ -124,15 +125,19 @@ class RegressionLitModule(L.LightningModule):
         return torch.stack([self._feature_cache[int(k)] for k in keys.tolist()])
 
     @torch.no_grad()
-    def warm_cache(self, scenes: list, batch_size: int = 32) -> int:
-        """Fill the frozen-backbone feature cache for every frame of ``scenes`` (cache_backbone only)."""
+    def warm_cache(self, scenes: list, batch_size: int = 32, mirrored: bool = False) -> int:
+        """Fill the frozen-backbone feature cache for every frame of ``scenes`` (cache_backbone only);
+        ``mirrored``: of the left-right flipped frames (keys offset by ``MIRROR_KEY_OFFSET``)."""
         if not self.cache_backbone:
             return 0
         self.model.train(self.training)  # keeps the frozen parts in eval mode
+        offset = D.MIRROR_KEY_OFFSET if mirrored else 0
         for scene in scenes:
-            for s in range(0, len(scene.gray), batch_size):
-                gray = torch.from_numpy(scene.gray[s:s + batch_size]).float().div_(255.0)[:, None].to(self.device)
-                keys = torch.arange(scene.first_id + s, scene.first_id + s + len(gray))
+            frames = scene.gray[:, :, ::-1] if mirrored else scene.gray
+            for s in range(0, len(frames), batch_size):
+                chunk = np.ascontiguousarray(frames[s:s + batch_size])
+                gray = torch.from_numpy(chunk).float().div_(255.0)[:, None].to(self.device)
+                keys = torch.arange(scene.first_id + s, scene.first_id + s + len(gray)) + offset
                 self._features(gray, keys)
         return len(self._feature_cache)
 
@@ -151,17 +156,18 @@ class RegressionLitModule(L.LightningModule):
     def training_step(self, batch, batch_idx):
         out = self._run(batch, augment=True)
         terms = pose_loss(out['quat'].float(), out['dir'].float(), out['scale'].float(), batch['quat_gt'],
-                          batch['t_gt'])
+                          batch['t_gt'], weights=self.cfg['loss'])
         bs = batch['gray_q'].shape[0]
         self.log('train/loss', terms['loss'], prog_bar=True, batch_size=bs)
-        for k in ('rot', 'dir', 'scale'):
+        for k in ('rot', 'dir', 'scale', 'centre'):
             self.log(f'train/{k}', terms[k], batch_size=bs)
         return terms['loss']
 
     def validation_step(self, batch, batch_idx):
         out = self._run(batch, augment=False)
         out = {k: v.float() for k, v in out.items()}
-        terms = pose_loss(out['quat'], out['dir'], out['scale'], batch['quat_gt'], batch['t_gt'])
+        terms = pose_loss(out['quat'], out['dir'], out['scale'], batch['quat_gt'], batch['t_gt'],
+                          weights=self.cfg['loss'])
         self.log('val/loss', terms['loss'], batch_size=batch['gray_q'].shape[0], sync_dist=True)
         errs = batch_errors(out, batch['quat_gt'], batch['t_gt'])
         errs.update(confidence=out['confidence'], mutual=out['mutual_fraction'], softmax=out['softmax_conf'])

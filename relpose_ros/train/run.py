@@ -106,6 +106,8 @@ def fit(cfg: Mapping[str, Any], resume: str | None = None, sequences: Mapping[st
     t0 = time.perf_counter()
     if cfg['train']['cache_backbone']:
         n = module.warm_cache(dm.train_scenes + dm.val_scenes)
+        if cfg['data']['mirror']:
+            n = module.warm_cache(dm.train_scenes, mirrored=True)
         summary['cache_seconds'] = time.perf_counter() - t0
         log.info('cached frozen LoFTR CNN features of %d frames in %.1f s', n, summary['cache_seconds'])
     if cfg['train']['validate_before_fit'] and dm.val_pairs is not None and resume is None:
