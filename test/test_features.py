@@ -12,6 +12,8 @@ from relpose_ros.errors import ConfigError, WeightsError
 from relpose_ros.features import auto_extractor, build_pipeline, root_sift
 from relpose_ros.features.depth import clean_depth, register_depth, sample_depth
 from relpose_ros.features.matching import mutual_ratio_match
+from relpose_ros.geometry import rotation_error_deg
+from relpose_ros.types import Frame, PoseEstimate
 
 
 def test_root_sift_is_hellinger_normalised():
@@ -100,20 +102,76 @@ def test_opencv_and_kornia_sift_share_the_interface():
 # ----------------------------------------------------------------------------- learned, local weights only
 
 
+def _nearest_neighbour_lightglue(random_sd: dict[str, torch.Tensor], scale: float = 2000.0
+                                 ) -> dict[str, torch.Tensor]:
+    """A LightGlue state dict (every key and shape of the model) that is a mutual nearest-neighbour matcher:
+    ``input_proj`` copies the 128-d descriptor into the first channels, every attention block adds nothing (the
+    last FFN layer is zero, so ``x + ffn(...) = x``), each assignment head compares descriptors by a scaled dot
+    product (``final_proj = scale * I``) and calls every point matchable. On unit descriptors the dot product
+    ranks like the distance, so a keypoint's best match in the same image is itself; ``scale`` makes the dual
+    softmax sharp enough for random ALIKED descriptors, which lie within 1e-4 in cosine of each other."""
+    sd = {k: v.clone() for k, v in random_sd.items()}
+    proj = sd['input_proj.weight']                       # (256, 128)
+    sd['input_proj.weight'] = torch.cat([torch.eye(proj.shape[1]), torch.zeros(proj.shape[0] - proj.shape[1],
+                                                                                proj.shape[1])])
+    sd['input_proj.bias'] = torch.zeros(proj.shape[0])
+    for k, v in sd.items():
+        if '.ffn.3.' in k or k.endswith(('final_proj.bias', 'matchability.weight')):
+            v.zero_()
+        elif k.endswith('final_proj.weight'):
+            sd[k] = scale * torch.eye(v.shape[0])
+        elif k.endswith('matchability.bias'):
+            v.fill_(10.0)                                # sigmoid(10): every point matchable, none pruned
+    return sd
+
+
+def _self_matching_loftr(random_sd: dict[str, torch.Tensor], gain: float = 100.0) -> dict[str, torch.Tensor]:
+    """A LoFTR state dict (random backbone, every key and shape of the model) whose matches are predictable:
+    the first coarse layer adds ``gain * LayerNorm(x)`` to its input (its MLP passes x through:
+    ``W2 relu(W1 [x, m]) = x`` with W1 = [[I, 0], [-I, 0]], W2 = [I, -I]; ``norm2`` weight = gain), the other
+    coarse and fine layers add nothing (``norm2`` zero) and the fine stage sees zero features (``merge_feat``
+    zero: a uniform heatmap, so no keypoint moves). The coarse features are then dominated by LayerNorm outputs,
+    which all have the same norm, so a coarse cell's most similar cell in the same image is itself."""
+    sd = {k: v.clone() for k, v in random_sd.items()}
+    for k, v in sd.items():
+        if (k.startswith(('loftr_coarse.layers.', 'loftr_fine.layers.')) and '.norm2.' in k) \
+                or k.startswith('fine_preprocess.merge_feat.'):
+            v.zero_()
+    d = sd['loftr_coarse.layers.0.norm2.weight'].shape[0]
+    eye, zero = torch.eye(d), torch.zeros(d, d)
+    sd['loftr_coarse.layers.0.mlp.0.weight'] = torch.cat([torch.cat([eye, zero], 1), torch.cat([-eye, zero], 1)])
+    sd['loftr_coarse.layers.0.mlp.2.weight'] = torch.cat([eye, -eye], 1)
+    sd['loftr_coarse.layers.0.norm2.weight'].fill_(gain)
+    return sd
+
+
 @pytest.fixture(scope='module')
 def random_weights(tmp_path_factory):
-    """State dicts of freshly constructed kornia models (random weights), saved like user files."""
+    """State dicts of freshly constructed kornia models (random weights), saved like user files, and two
+    derived files that make matching predictable (``lightglue_*_nn``, ``loftr_self``, see above)."""
     import kornia.feature as KF
     from kornia.feature.loftr.loftr import default_cfg
 
     torch.manual_seed(0)
     root = tmp_path_factory.mktemp('weights')
-    paths = {'disk': root / 'disk.pth', 'lightglue_disk': root / 'lightglue_disk.pth', 'loftr': root / 'loftr.ckpt'}
+    names = ('disk.pth', 'lightglue_disk.pth', 'loftr.ckpt', 'aliked.pth', 'lightglue_aliked.pth',
+             'aliked_t16.pth', 'lightglue_disk_nn.pth', 'lightglue_aliked_nn.pth', 'loftr_self.pth')
+    paths = {n.split('.')[0]: root / n for n in names}
     torch.save({'extractor': KF.DISK(desc_dim=128).state_dict()}, paths['disk'])
     conf = {k: v for k, v in KF.LightGlue.features['disk'].items() if k != 'weights'}
-    torch.save(KF.LightGlue(features=None, **conf).state_dict(), paths['lightglue_disk'])
+    lightglue_disk = KF.LightGlue(features=None, **conf).state_dict()
+    torch.save(lightglue_disk, paths['lightglue_disk'])
     loftr = KF.LoFTR(pretrained=None, config=copy.deepcopy(default_cfg)).state_dict()
     torch.save({'state_dict': {'matcher.' + k: v for k, v in loftr.items()}}, paths['loftr'])
+    torch.manual_seed(1)
+    torch.save(KF.ALIKED(model_name='aliked-n16').state_dict(), paths['aliked'])
+    conf = {k: v for k, v in KF.LightGlue.features['aliked'].items() if k != 'weights'}
+    lightglue_aliked = KF.LightGlue(features=None, **conf).state_dict()
+    torch.save(lightglue_aliked, paths['lightglue_aliked'])
+    torch.save(KF.ALIKED(model_name='aliked-t16').state_dict(), paths['aliked_t16'])   # 64-d: other shapes
+    torch.save(_nearest_neighbour_lightglue(lightglue_disk), paths['lightglue_disk_nn'])
+    torch.save(_nearest_neighbour_lightglue(lightglue_aliked), paths['lightglue_aliked_nn'])
+    torch.save(_self_matching_loftr(loftr), paths['loftr_self'])
     return paths
 
 
@@ -122,6 +180,26 @@ def small_pair():
     from relpose_ros.data.synthetic import render_pair
 
     return render_pair(width=160, height=120, seed=5, translation=(0.1, 0.0, 0.05), yaw_deg=5.0)
+
+
+def _assert_clean(out: PoseEstimate) -> None:
+    """The backend's contract for any input: a finite pose and confidence in [0, 1]; a failure has a reason
+    and confidence 0."""
+    assert np.all(np.isfinite(out.R)) and np.all(np.isfinite(out.t)) and np.isfinite(out.score)
+    assert 0.0 <= out.confidence <= 1.0
+    if not out.ok:
+        assert out.reason and out.confidence == 0.0
+
+
+def _assert_identity(out: PoseEstimate, method: str = '3d-3d') -> None:
+    """An image against itself: the pose stages ran and returned the identity with high confidence."""
+    assert out.ok and out.reason == method, out.reason
+    assert rotation_error_deg(out.R, np.eye(3)) < 0.01 and np.linalg.norm(out.t) < 1e-3
+    assert out.confidence > 0.9
+
+
+def _without_depth(frame: Frame) -> Frame:
+    return Frame(rgb=frame.rgb, K=frame.K, depth=None)
 
 
 @pytest.mark.slow
@@ -140,13 +218,113 @@ def test_disk_lightglue_loads_local_weights_and_runs(random_weights, small_pair)
 
 
 @pytest.mark.slow
-def test_loftr_loads_local_lightning_style_checkpoint_and_runs(random_weights, small_pair):
+def test_loftr_loads_local_lightning_style_checkpoint_and_runs(random_weights, small_pair, one_torch_thread):
     ext, mat = build_pipeline('loftr', 'auto', {'weights': {'matcher': str(random_weights['loftr'])}},
                               torch.device('cpu'))
     a = ext.extract(small_pair.reference.frame.rgb)
     m = mat.match(a, ext.extract(small_pair.query.frame.rgb))
     assert a.image.shape == (1, 1, 120, 160)
     assert m.kp_a.shape == m.kp_b.shape and m.kp_a.shape[1] == 2 and m.scores.shape == (len(m),)
+
+
+@pytest.mark.slow
+def test_aliked_lightglue_loads_local_weights_and_runs(random_weights, small_pair):
+    from relpose_ros.backends import create
+
+    cfg = {'extractor': 'aliked', 'num_features': 256,
+           'weights': {'extractor': str(random_weights['aliked']), 'matcher': str(random_weights['lightglue_aliked'])}}
+    est = create('rgbd', cfg, device='cpu')
+    assert est.describe()['extractor'] == 'aliked' and est.describe()['matcher'] == 'lightglue'
+    assert est.extractor.model.model_name == 'aliked-n16'
+    ref = est.prepare_reference(small_pair.reference.frame)
+    f = ref.features.features
+    assert len(f) > 0 and f.descriptors.shape == (len(f), 128) and ref.features.points.shape == (len(f), 3)
+    assert torch.allclose(f.descriptors.norm(dim=1), torch.ones(len(f)), atol=1e-4)
+    assert torch.isfinite(ref.features.points).all()    # only reference keypoints with depth are kept
+    for frame in (small_pair.reference.frame, small_pair.query.frame):   # random LightGlue: any clean outcome
+        _assert_clean(est.estimate(ref, frame))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('extractor', ['disk', 'aliked'])
+def test_lightglue_matches_run_the_pose_stages(random_weights, small_pair, extractor, one_torch_thread):
+    """Random extractor weights + the nearest-neighbour LightGlue file: LightGlue's indices must reach the right
+    reference 3-D points, so an image against itself gives the identity (3-D/3-D and PnP) and the real pair
+    its ground-truth pose."""
+    from relpose_ros.backends import create
+
+    cfg = {'extractor': extractor, 'num_features': 256,
+           'weights': {'extractor': str(random_weights[extractor]),
+                       'matcher': str(random_weights[f'lightglue_{extractor}_nn'])}}
+    est = create('rgbd', cfg, device='cpu')
+    ref = est.prepare_reference(small_pair.reference.frame)
+    f = ref.features.features
+    m = est.matcher.match(f, est.extractor.extract(small_pair.reference.frame.rgb))
+    assert len(m) >= 0.9 * len(f) and torch.equal(m.kp_a, m.kp_b) and torch.equal(m.kp_a, f.keypoints[m.idx_a])
+    assert float(m.scores.min()) > 0.1 and float(m.scores.max()) <= 1.0
+    _assert_identity(est.estimate(ref, small_pair.reference.frame))
+    _assert_identity(est.estimate(ref, _without_depth(small_pair.reference.frame)), 'pnp')
+    # different views: random conv descriptors + mutual nearest neighbours still match this textured pair
+    # (measured: 0.03 / 0.07 deg and 1-2 mm for DISK / ALIKED); the bound only guards against wrong indices
+    out = est.estimate(ref, small_pair.query.frame)
+    T = small_pair.T_query_from_ref
+    assert out.ok and out.reason == '3d-3d', out.reason
+    assert rotation_error_deg(out.R, T[:3, :3]) < 0.5 and np.linalg.norm(out.t - T[:3, 3]) < 0.01
+
+
+@pytest.mark.slow
+def test_loftr_through_the_backend(random_weights, small_pair):
+    """LoFTR has no descriptors: the reference keeps its grey image, and matches are lifted from the cached
+    depth. Random weights: any clean outcome (in practice no match passes LoFTR's 0.2 threshold)."""
+    from relpose_ros.backends import create
+
+    est = create('rgbd', {'extractor': 'loftr', 'weights': {'matcher': str(random_weights['loftr'])}},
+                 device='cpu')
+    assert est.describe()['extractor'] == 'loftr' and est.describe()['matcher'] == 'loftr'
+    ref = est.prepare_reference(small_pair.reference.frame)
+    f = ref.features.features
+    assert f.descriptors is None and len(f) == 0 and f.image.shape == (1, 1, 120, 160)
+    assert ref.features.depth.shape == (120, 160)
+    for frame in (small_pair.reference.frame, small_pair.query.frame, _without_depth(small_pair.query.frame)):
+        _assert_clean(est.estimate(ref, frame))
+
+
+@pytest.mark.slow
+def test_loftr_matches_run_the_descriptor_free_pose_stages(random_weights, small_pair, one_torch_thread):
+    """The self-matching LoFTR file: an image against itself matches every inner coarse cell with itself, at
+    integer-centred pixel coordinates (kornia's LoFTR keypoints shifted by -0.5), and the pose stages lift
+    them from the reference's depth (no ``idx_a``) to the identity, 3-D/3-D and PnP. Other views get
+    position-biased matches, so only a clean outcome is asserted there."""
+    from relpose_ros.backends import create
+
+    est = create('rgbd', {'extractor': 'loftr', 'weights': {'matcher': str(random_weights['loftr_self'])}},
+                 device='cpu')
+    ref = est.prepare_reference(small_pair.reference.frame)
+    m = est.matcher.match(ref.features.features, est.extractor.extract(small_pair.reference.frame.rgb))
+    inner = (160 // 8 - 4) * (120 // 8 - 4)             # coarse cells without the border_rm = 2 margin
+    assert m.idx_a is None and len(m) >= 0.9 * inner and torch.equal(m.kp_a, m.kp_b)
+    assert torch.all(torch.remainder(m.kp_a + 0.5, 8) == 0) and float(m.scores.min()) > 0.2
+    _assert_identity(est.estimate(ref, small_pair.reference.frame))
+    _assert_identity(est.estimate(ref, _without_depth(small_pair.reference.frame)), 'pnp')
+    _assert_clean(est.estimate(ref, small_pair.query.frame))
+
+
+def test_missing_or_mismatched_aliked_weights_name_the_file(random_weights, tmp_path):
+    from relpose_ros.backends import create
+
+    def cfg(extractor_path, matcher_path=random_weights['lightglue_aliked']):
+        return {'extractor': 'aliked', 'weights': {'extractor': str(extractor_path), 'matcher': str(matcher_path)}}
+
+    with pytest.raises(WeightsError, match=r'ALIKED weights file not found: .*no_aliked\.pth'):
+        create('rgbd', cfg(tmp_path / 'no_aliked.pth'), device='cpu')
+    with pytest.raises(WeightsError, match=r'ALIKED weights file .*disk\.pth does not match the model'):
+        create('rgbd', cfg(random_weights['disk']), device='cpu')           # DISK keys
+    with pytest.raises(WeightsError, match=r'ALIKED weights file .*aliked_t16\.pth does not match the model'):
+        create('rgbd', cfg(random_weights['aliked_t16']), device='cpu')     # aliked-t16: other shapes
+    with pytest.raises(WeightsError, match=r'LightGlue \(aliked\) weights file .*aliked\.pth does not match'):
+        create('rgbd', cfg(random_weights['aliked'], random_weights['aliked']), device='cpu')
+    with pytest.raises(WeightsError, match='local weights file'):
+        create('rgbd', {'extractor': 'aliked'}, device='cpu')
 
 
 def test_missing_or_mismatched_weights_name_the_file(random_weights, tmp_path):

@@ -2,12 +2,18 @@
 
 Per live frame (the reference's keypoints, descriptors and 3-D points are cached by ``prepare_reference``):
 
-1. features on the query (OpenCV SIFT on CPU / kornia SIFT on CUDA, RootSIFT; or DISK/ALIKED + LightGlue, LoFTR
-   with local weights), matched by mutual nearest neighbour + ratio test;
+1. features on the query: SIFT with RootSIFT descriptors, matched by mutual nearest neighbour + ratio test
+   (``extractor: auto`` takes OpenCV's SIFT on the CPU; on another device it times OpenCV's and kornia's once
+   when the backend is built and keeps the faster, :func:`relpose_ros.features.auto_extractor`); or, from local
+   weight files only, DISK / ALIKED (+ LightGlue or the same mutual-ratio matcher) or LoFTR (dense: no
+   descriptors, its matches are lifted from the cached reference depth);
 2. 3-D points from depth cleaned of holes and discontinuities (:mod:`relpose_ros.features.depth`);
-3. depth on both frames: 3-D/3-D Procrustes RANSAC (:mod:`relpose_ros.solver`) with metric thresholds;
-   depth on the reference only: PnP RANSAC;
-4. refinement of the pose on all inliers by minimising reprojection errors (both ways when both have depth);
+3. depth on both frames: 3-D/3-D Procrustes RANSAC (:mod:`relpose_ros.solver`) with metric thresholds, whose
+   Procrustes refits on the hard inliers give the pose; depth on the reference only (or too few matches with
+   depth on both): PnP RANSAC;
+4. refinement on the inliers by minimising reprojection errors
+   (:func:`~relpose_ros.backends.rgbd_pose.refine_reprojection`): always after PnP; after 3-D/3-D only with
+   ``refine.reprojection_3d3d`` (off by default; then in both images);
 5. confidence = soft inlier ratio x saturating support (:func:`~relpose_ros.backends.rgbd_pose.soft_inlier_confidence`).
 
 Bad image content never raises: it gives ``PoseEstimate.failure(reason)``.

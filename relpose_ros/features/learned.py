@@ -183,7 +183,11 @@ class LoFTRMatcher(Matcher):
     @torch.inference_mode()
     def match(self, a: Features, b: Features) -> Matches:
         out = self.model({'image0': a.image, 'image1': b.image})
-        return Matches(out['keypoints0'].float(), out['keypoints1'].float(), out['confidence'].float().clamp(0, 1))
+        # kornia's LoFTR returns keypoints in the frame of the reference implementation (pixel centres at
+        # x + 0.5, the frame its pretrained models use); the other extractors and ``lift`` put pixel centres
+        # at integer coordinates: shift by half a pixel, as kornia's LoFTR documentation says.
+        kp0, kp1 = out['keypoints0'].float() - 0.5, out['keypoints1'].float() - 0.5
+        return Matches(kp0, kp1, out['confidence'].float().clamp(0, 1))
 
 
 def build_extractor(name: str, weights: str, num_features: int, device: torch.device) -> Extractor:
