@@ -15,7 +15,7 @@ from relpose_ros.eval import mapfree_submission as MS
 from relpose_ros.eval.metrics import SUMMARY_KEYS
 from relpose_ros.eval.protocols import build_pairs, fixed_reference, keyframe_pairs
 from relpose_ros.errors import ConfigError, DatasetError
-from test_readers_tum_mapfree import write_mapfree
+from test_readers_tum_mapfree import write_mapfree, write_tum
 
 PAIR_KEYS = {'reference', 'query', 'gap', 'R', 't', 'confidence', 'ok', 'rot_err_deg', 'trans_err_m', 'vcre_px'}
 
@@ -160,3 +160,21 @@ def test_unreadable_frames_fail_loudly_or_keep_partial_results(tmp_path, capsys)
     assert [p.query for p in result.pairs] == [1, 2, 3]
     m = write_report(result, tmp_path / 'o2', plots=False)
     assert m['partial'] and '**PARTIAL RESULTS**' in (tmp_path / 'o2' / 'report.md').read_text()
+
+
+def test_reader_counts_reach_metrics_and_report(tmp_path):
+    synth = SyntheticSequence(num_frames=7, width=48, height=36, seed=3)
+    write_tum(tmp_path / 'tum', [synth[i] for i in range(7)], drop_gt=(2,), drop_depth=(4, 5))
+    out = tmp_path / 'out'
+    assert main(['eval', '--backend', 'constant', '--dataset', f'tum:{tmp_path / "tum"}', '--protocol', 'fixed',
+                 '--out', str(out), '--no-progress', '--no-plots']) == 0
+    m = json.loads((out / 'metrics.json').read_text())
+    assert (m['meta']['frames_without_gt'], m['meta']['skipped_no_depth']) == (1, 2)
+    assert 'skipped_no_camera_info' not in m['meta']                # the TUM reader has no camera_info stream
+    assert m['summary']['n_pairs'] == 3 and m['details']['n_no_gt'] == 1   # 5 frames kept, reference 0
+    report = (out / 'report.md').read_text()
+    assert 'Frames: 1 without ground truth (kept, not scored); skipped by the reader: 2 without depth.' in report
+    # a reader with no skipping concept still reports its frames without ground truth (never null)
+    assert main(['eval', '--backend', 'constant', '--dataset', 'synthetic:4', '-D', 'width=32', '-D', 'height=24',
+                 '--protocol', 'fixed', '--out', str(tmp_path / 's'), '--no-progress', '--no-plots']) == 0
+    assert json.loads((tmp_path / 's' / 'metrics.json').read_text())['meta']['frames_without_gt'] == 0

@@ -57,3 +57,26 @@ def test_replay_into_an_already_running_node(tmp_path):
     m = json.loads((tmp_path / 'out' / 'metrics.json').read_text())
     assert m['summary']['n_pairs'] == 5 and m['summary']['n_failed'] == 0
     assert all(p['confidence'] == pytest.approx(0.6, abs=1e-6) for p in m['pairs'])  # the running node's setting
+
+
+def test_replay_of_a_truncated_bag_keeps_partial_results(tmp_path):
+    from relpose_ros.data.bag_reader import BagSequence
+    from test_replay import cut_bag
+
+    path, _ = cut_bag(tmp_path)
+    bag = BagSequence(path)
+    n, no_gt = len(bag), bag.frames_without_gt
+    out = tmp_path / 'out'
+    rc = main(['eval', '--mode', 'replay', '--backend', 'constant', '--dataset', f'bag:{path}', '--rate-hz', '20',
+               '--set', 'confidence=0.8', '--namespace', f'/replay_cut_{id(tmp_path) % 10000}', '--out', str(out),
+               '--no-progress', '--no-plots'])
+    assert rc == 0
+    m = json.loads((out / 'metrics.json').read_text())
+    assert m['partial'] and 'truncated' in m['partial_reason']
+    assert m['meta']['frames_sent'] == n - 1 and len(m['pairs']) == n - 1              # every complete frame
+    assert m['summary']['n_pairs'] == n - 1 - no_gt and m['details']['n_no_gt'] == no_gt
+    assert m['meta']['published'] >= n - 2 and m['meta']['node_dropped_frames'] is not None
+    assert (m['meta']['frames_without_gt'], m['meta']['skipped_no_depth']) == (no_gt, 0)
+    report = (out / 'report.md').read_text()
+    assert report.startswith('# relpose eval report\n\n**PARTIAL RESULTS**: bag full.mcap is truncated')
+    assert "replaced in the node's latest-only queue" in report

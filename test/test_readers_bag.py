@@ -102,6 +102,91 @@ def test_compressed_images_and_ground_truth_kinds(tmp_path, synth, gt_kind):
     assert strict.frames_without_gt == len(synth) and not strict[0].has_pose
 
 
+@pytest.mark.parametrize('gt_kind', ['odom', 'tf_stamped'])
+def test_child_frame_of_ground_truth_must_be_the_camera_frame(tmp_path, synth, gt_kind):
+    write_custom_bag(tmp_path / 'b', synth, gt_kind)
+    seq = open_dataset(f'bag:{tmp_path / "b"}', camera_frame='cam_optical', gt_max_dt=0.01)
+    assert seq.frames_without_gt == 0
+    np.testing.assert_allclose(seq[3].T_world_from_cam, synth[3].T_world_from_cam, atol=1e-9)
+    with pytest.raises(DatasetError, match=r'no ground truth on /mocap/\w+ is <any frame> -> base_link '
+                                           r'\(gt_frame -> camera_frame\); its messages have: map -> cam_optical'):
+        open_dataset(f'bag:{tmp_path / "b"}', camera_frame='base_link')
+    with pytest.raises(DatasetError, match=r'is odom -> <any child>.*map -> cam_optical'):
+        open_dataset(f'bag:{tmp_path / "b"}', gt_frame='odom')
+
+
+def write_robot_bag(path, synth, T_base_from_cam, tf_delay_ns=3_000_000, with_static=True):
+    """A typical robot bag: raw images, camera_info, ``world -> base_link`` on /tf (plus an unrelated edge),
+    ``base_link -> cam_optical`` once on /tf_static (stamped long before the first image)."""
+    from relpose_ros.geometry import inverse_T
+
+    with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as w:
+        def conn(topic, msgtype):
+            return w.add_connection(topic, msgtype, typestore=bw.TYPESTORE)
+        c_img, c_info = conn('/cam/image', bw.IMAGE), conn('/cam/camera_info', bw.CAMERA_INFO)
+        c_tf = conn('/tf', bw.TF_MESSAGE)
+        s0 = synth[0].frame.stamp_ns
+        if with_static:
+            c_static = conn('/tf_static', bw.TF_MESSAGE)
+            static = bw.tf_message(T_base_from_cam, s0 - 10_000_000_000, 'base_link', 'cam_optical')
+            w.write(c_static, s0, bw.TYPESTORE.serialize_cdr(static, bw.TF_MESSAGE))
+        for i in range(len(synth)):
+            pf = synth[i]
+            f, s = pf.frame, pf.frame.stamp_ns
+            f.frame_id = 'cam_optical'
+            image, info, _ = bw.frame_messages(f, '16UC1', 'raw')
+            w.write(c_img, s, bw.TYPESTORE.serialize_cdr(image, bw.IMAGE))
+            w.write(c_info, s, bw.TYPESTORE.serialize_cdr(info, bw.CAMERA_INFO))
+            T_world_from_base = pf.T_world_from_cam @ inverse_T(T_base_from_cam)
+            base = bw.tf_message(T_world_from_base, s + tf_delay_ns, 'world', 'base_link').transforms[0]
+            other = bw.tf_message(np.eye(4), s + tf_delay_ns, 'world', 'charger').transforms[0]
+            msg = T[bw.TF_MESSAGE](transforms=[other, base])
+            w.write(c_tf, s + tf_delay_ns, bw.TYPESTORE.serialize_cdr(msg, bw.TF_MESSAGE))
+
+
+def test_tf_ground_truth_composes_the_chain_over_tf_and_tf_static(tmp_path, synth):
+    from relpose_ros.geometry import make_T, quat_to_matrix
+
+    T_base_from_cam = make_T(quat_to_matrix([0.5, -0.5, 0.5, -0.5]), [0.2, 0.0, 0.5])  # optical frame on a base
+    write_robot_bag(tmp_path / 'robot', synth, T_base_from_cam)
+    for gt_frame in ('world', None):                          # None: the root of the camera's tree
+        seq = open_dataset(f'bag:{tmp_path / "robot"}', gt_frame=gt_frame, gt_max_dt=0.01)
+        assert seq.gt_topic == '/tf' and seq.frames_without_gt == 0 and len(seq) == len(synth)
+        for i in range(len(synth)):
+            np.testing.assert_allclose(seq.pose(i), synth[i].T_world_from_cam, atol=1e-9)
+    np.testing.assert_allclose(seq[2].T_world_from_cam, synth[2].T_world_from_cam, atol=1e-9)
+    # a static-only chain applies at every stamp; the dynamic edge obeys gt_max_dt (3 ms late, 2 ms allowed)
+    on_base = open_dataset(f'bag:{tmp_path / "robot"}', gt_frame='base_link', gt_max_dt=0.002)
+    assert on_base.frames_without_gt == 0
+    np.testing.assert_allclose(on_base.pose(4), T_base_from_cam, atol=1e-12)
+    strict = open_dataset(f'bag:{tmp_path / "robot"}', gt_frame='world', gt_max_dt=0.002)
+    assert strict.frames_without_gt == len(synth) and not strict[0].has_pose
+    # the chain between two frames below a common ancestor: charger -> base_link -> cam_optical
+    via = open_dataset(f'bag:{tmp_path / "robot"}', gt_frame='charger', gt_max_dt=0.01)
+    np.testing.assert_allclose(via.pose(1), synth[1].T_world_from_cam, atol=1e-9)   # charger = world here
+    with pytest.raises(DatasetError, match=r'no transform map -> cam_optical on /tf and /tf_static.*'
+                                           r'Transforms seen: base_link -> cam_optical \(static\), world -> '
+                                           r'base_link, world -> charger'):
+        open_dataset(f'bag:{tmp_path / "robot"}', gt_frame='map')
+    # without /tf_static the camera is not connected to the world: a clear error, not a wrong pose
+    write_robot_bag(tmp_path / 'nostatic', synth, T_base_from_cam, with_static=False)
+    with pytest.raises(DatasetError, match=r'no transform world -> cam_optical on /tf;'):
+        open_dataset(f'bag:{tmp_path / "nostatic"}', gt_frame='world')
+
+
+def test_tf_tree_rejects_a_frame_with_two_parents():
+    from relpose_ros.data.tf_chain import TfTree
+
+    tree = TfTree()
+    v, q = T['geometry_msgs/msg/Vector3'](x=0, y=0, z=0), T['geometry_msgs/msg/Quaternion'](x=0, y=0, z=0, w=1)
+    tree.add(0, '/world', 'base', v, q)
+    tree.add(0, 'odom', 'base', v, q)
+    tree.add(0, 'base', 'cam', v, q, static=True)
+    with pytest.raises(DatasetError, match=r'several parents for base \(odom, world\)'):
+        tree.lookup('world', 'cam', [0], 0.01)
+    assert tree.ancestors('cam') == ['cam', 'base', 'world']
+
+
 def test_missing_topics_list_what_the_bag_has(tmp_path, synth):
     bw.write_bag(synth, tmp_path / 'bag', with_depth=False)
     with pytest.raises(DatasetError, match=r"no image topic '/camera/rgb'; it has: .*/camera/color/camera_info"):

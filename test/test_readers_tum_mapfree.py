@@ -6,9 +6,11 @@ import cv2
 import numpy as np
 import pytest
 
+from relpose_ros.backends import create
 from relpose_ros.data.datasets import open_dataset, parse_options
 from relpose_ros.data.synthetic import SyntheticSequence
 from relpose_ros.errors import ConfigError, DatasetError
+from relpose_ros.eval.offline import evaluate_offline
 from relpose_ros.eval.protocols import build_pairs
 from relpose_ros.geometry import inverse_T, matrix_to_quat
 
@@ -132,12 +134,43 @@ def test_wrong_layout_errors_name_expected_layout(tmp_path):
 def test_synthetic_spec():
     seq = open_dataset('synthetic:4', width=32, height=24)
     assert len(seq) == 4 and seq[0].frame.rgb.shape == (24, 32, 3) and seq[0].has_pose
+    assert seq.frames_without_gt == 0
+    lost = SyntheticSequence(num_frames=3, width=16, height=16, poses=np.stack([np.eye(4), np.full((4, 4), np.nan),
+                                                                                 np.eye(4)]))
+    assert lost.frames_without_gt == 1
+
+
+def write_seven_scenes(root, frames, inf_pose=(), no_pose=()):
+    """7-Scenes layout: colour PNG, depth PNG (uint16 mm), pose.txt (inf rows where tracking was lost)."""
+    root.mkdir(parents=True)
+    for i, pf in enumerate(frames):
+        stem = root / f'frame-{i:06d}'
+        cv2.imwrite(f'{stem}.color.png', cv2.cvtColor(pf.frame.rgb, cv2.COLOR_RGB2BGR))
+        cv2.imwrite(f'{stem}.depth.png', np.nan_to_num(pf.frame.depth * 1000).round().astype(np.uint16))
+        if i not in no_pose:
+            T = np.full((4, 4), np.inf) if i in inf_pose else pf.T_world_from_cam
+            np.savetxt(f'{stem}.pose.txt', T)
+    K = frames[0].frame.K
+    np.savetxt(root / 'camera-intrinsics.txt', K)
+
+
+def test_seven_scenes_counts_frames_without_ground_truth(tmp_path, synth):
+    write_seven_scenes(tmp_path / 'seq', synth[:5], inf_pose=(1,), no_pose=(3,))
+    seq = open_dataset(f'7scenes:{tmp_path / "seq"}')
+    assert len(seq) == 5 and seq.frames_without_gt == 2
+    assert [seq[i].has_pose for i in range(5)] == [True, False, True, False, True]
+    np.testing.assert_allclose(seq[2].T_world_from_cam, synth[2].T_world_from_cam, atol=1e-6)
+    registered = open_dataset(f'7scenes:{tmp_path / "seq"}', colour_focal=45)   # RegisteredSequence over it
+    assert registered.frames_without_gt == 2 and not hasattr(registered, 'skipped_no_depth')
+    result = evaluate_offline(create('constant', device='cpu'), registered, build_pairs('fixed', registered),
+                              progress=False)
+    assert result.meta['frames_without_gt'] == 2 and sum(not p.has_gt for p in result.pairs) == 2
 
 
 @pytest.mark.data
 def test_seven_scenes_through_open_dataset(seven_scenes):
     seq = open_dataset(f'7scenes:{seven_scenes}')
-    assert len(seq) == 1000
+    assert len(seq) == 1000 and seq.frames_without_gt == 0
     pf = seq[30]
     assert pf.frame.rgb.shape == (480, 640, 3) and pf.frame.depth.shape == (480, 640) and pf.has_pose
     T = seq.gt_relative_pose(0, 30)

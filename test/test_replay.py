@@ -46,6 +46,45 @@ def test_read_bag_stream_matches_frames_and_ground_truth(bag):
         read_bag_stream(path, topics=BagTopics(image='/nope'))
 
 
+def cut_bag(tmp_path, num_frames=30, fraction=2 / 3):
+    """A synthetic MCAP bag (160x120: ~3 chunks) cut at ``fraction`` of its size, as a crash mid-recording
+    leaves it (no footer); returns (bag folder, sequence)."""
+    import shutil
+
+    seq = SyntheticSequence(num_frames=num_frames, width=160, height=120, seed=1)
+    write_bag(seq, tmp_path / 'full')
+    shutil.copytree(tmp_path / 'full', tmp_path / 'cut')
+    f = tmp_path / 'cut' / 'full.mcap'
+    data = f.read_bytes()
+    f.write_bytes(data[:int(len(data) * fraction)])
+    return tmp_path / 'cut', seq
+
+
+def test_truncated_mcap_is_streamed_up_to_its_last_complete_frame(tmp_path):
+    from relpose_ros.data.bag_reader import BagSequence
+
+    path, seq = cut_bag(tmp_path)
+    offline = BagSequence(path)
+    stream = index_bag(path)
+    assert stream.partial and 'truncated' in stream.partial_reason and offline.partial
+    assert 0 < len(stream.frames) == len(offline) < 30
+    assert not index_bag(tmp_path / 'full').partial
+    frames = list(iter_frame_data(stream, range(len(stream.frames))))
+    assert [f.index for f in frames] == list(range(len(offline)))
+    for f in frames:                                    # stamps and ground truth as the offline reader sees them
+        k = f.index
+        assert f.stamp_ns == offline.stamp_ns(k) == cdr_stamp_ns(f.image) == cdr_stamp_ns(f.depth)
+        if offline.pose(k) is None:                     # the cut fell between its images and its ground truth
+            assert f.T_world_from_cam is None and k == len(frames) - 1
+        else:
+            np.testing.assert_allclose(f.T_world_from_cam, seq.poses[k], atol=1e-12)
+    full = read_bag_stream(tmp_path / 'full', max_frames=len(frames))
+    assert [f.image for f in frames] == [f.image for f in full.frames]
+    (path / 'full.mcap').write_bytes((path / 'full.mcap').read_bytes()[:100])
+    with pytest.raises(DatasetError, match=r'no topic /camera/color/image_raw; it has: \(none\) .*truncated'):
+        index_bag(path)
+
+
 def test_replay_through_the_node_records_every_pose(bag, tmp_path):
     path, seq = bag
     opts = ReplayOptions(backend='constant', reference_index=1, restamp=True, node_log=tmp_path / 'node.log',

@@ -8,13 +8,18 @@ Topics (each configurable; ``None`` = detect):
 - ``depth_topic``: Image (16UC1 mm / 32FC1 m) or compressedDepth; detected by 'depth' in the name;
   ``''`` or ``use_depth=False`` disables it.
 - ``gt_topic``: ground truth as geometry_msgs/PoseStamped, TransformStamped, nav_msgs/Odometry (pose of the
-  camera in ``header.frame_id``) or tf2_msgs/TFMessage (``/tf``: the transform ``gt_frame`` -> ``camera_frame``,
-  a direct edge; ``camera_frame`` defaults to the image's frame id). Detected as the only pose-like topic,
-  else ``/tf`` when present; ``''`` disables it.
+  camera in ``header.frame_id``; with ``gt_frame`` / ``camera_frame`` set, only messages whose ``header.frame_id``
+  / ``child_frame_id`` match are used, and a topic where none match raises naming the frames it has) or
+  tf2_msgs/TFMessage (``/tf``: the chain ``gt_frame`` -> ... -> ``camera_frame`` composed over ``/tf`` and
+  ``/tf_static``, see :mod:`relpose_ros.data.tf_chain`; ``camera_frame`` defaults to the image's frame id,
+  ``gt_frame`` to the root of its tree). Detected as the only pose-like topic, else ``/tf`` when present;
+  ``''`` disables it.
 
 Every image is paired with the nearest camera_info and depth within ``max_dt`` seconds (header stamps) and
-the nearest ground truth within ``gt_max_dt``; images without depth are skipped (``skipped_no_depth``),
-images without ground truth are kept with an unknown pose (``frames_without_gt``).
+the nearest ground truth within ``gt_max_dt`` (for a tf chain: every dynamic edge's nearest sample within
+``gt_max_dt``; static edges always apply); images without depth are skipped (``skipped_no_depth``), images
+without camera_info too (``skipped_no_camera_info``), images without ground truth are kept with an unknown pose
+(``frames_without_gt``).
 
 A truncated MCAP file is read up to its last complete message: the sequence then has ``partial = True``
 and ``partial_reason``. A bag that lacks an asked topic raises :class:`DatasetError` listing the topics it has.
@@ -30,12 +35,14 @@ from ..errors import DatasetError, FrameError
 from ..geometry import make_T, quat_to_matrix, relative_pose
 from ..types import Frame
 from .sequence import PosedFrame, Sequence
+from .tf_chain import TfTree, frame_name
 from .tum import nearest
 
 IMAGE_TYPES = ('sensor_msgs/msg/Image', 'sensor_msgs/msg/CompressedImage')
 INFO_TYPE = 'sensor_msgs/msg/CameraInfo'
 POSE_TYPES = ('geometry_msgs/msg/PoseStamped', 'geometry_msgs/msg/TransformStamped', 'nav_msgs/msg/Odometry')
 TF_TYPE = 'tf2_msgs/msg/TFMessage'
+TF_STATIC = '/tf_static'
 _OPTION = {'image': 'image_topic', 'camera_info': 'info_topic', 'depth': 'depth_topic', 'ground truth': 'gt_topic'}
 
 
@@ -78,6 +85,9 @@ class _RosbagsSource:
     def deserialize(self, raw: bytes, msgtype: str):
         return self.reader.deserialize(raw, msgtype)
 
+    def close(self) -> None:
+        self.reader.close()
+
 
 class _SalvageSource:
     """The intact prefix of a truncated MCAP file (see :mod:`relpose_ros.data.mcap_salvage`)."""
@@ -101,6 +111,9 @@ class _SalvageSource:
 
     def deserialize(self, raw: bytes, msgtype: str):
         return self.typestore.deserialize_cdr(raw, msgtype)
+
+    def close(self) -> None:
+        self.salvage.close()
 
 
 def _bag_file(path: Path) -> Path | None:
@@ -165,7 +178,8 @@ class BagSequence(Sequence):
                 self.gt_topic = self._pick(None, POSE_TYPES, 'ground truth', lambda t: True)
             elif '/tf' in topics and topics['/tf'] == TF_TYPE:
                 self.gt_topic = '/tf'
-        self.gt_frame, self.camera_frame = gt_frame, camera_frame
+        self.gt_frame = None if gt_frame is None else frame_name(gt_frame)
+        self.camera_frame = None if camera_frame is None else frame_name(camera_frame)
         self._index(max_dt, gt_max_dt)
 
     # ------------------------------------------------------------------ topics
@@ -193,11 +207,13 @@ class BagSequence(Sequence):
     # ------------------------------------------------------------------ index
 
     def _index(self, max_dt: float, gt_max_dt: float) -> None:
+        tf_gt = bool(self.gt_topic) and self.source.topics[self.gt_topic] == TF_TYPE
         wanted = {self.image_topic, self.info_topic} | {t for t in (self.depth_topic, self.gt_topic) if t}
+        if tf_gt and self.source.topics.get(TF_STATIC) == TF_TYPE:
+            wanted.add(TF_STATIC)
         images, infos, depths, gts = [], [], [], []    # (stamp ns, locator / message / T)
         self._image_frame_ids: list[str] = []
-        self._gt_frames_seen: set[tuple[str, str]] = set()
-        tf_edges: list[tuple[int, str, str, np.ndarray]] = []
+        tree = TfTree()
         try:
             for topic, t, raw, loc in self.source.messages(wanted):
                 msgtype = self.source.topics[topic]
@@ -211,12 +227,12 @@ class BagSequence(Sequence):
                 elif topic == self.info_topic:
                     msg = self.source.deserialize(raw, msgtype)
                     infos.append((_stamp_ns(msg.header), msg))
-                elif topic == self.gt_topic:
+                elif topic == self.gt_topic or topic == TF_STATIC:
                     msg = self.source.deserialize(raw, msgtype)
                     if msgtype == TF_TYPE:
                         for tr in msg.transforms:
-                            tf_edges.append((_stamp_ns(tr.header), tr.header.frame_id, tr.child_frame_id,
-                                             _pose_T(tr.transform.translation, tr.transform.rotation)))
+                            tree.add(_stamp_ns(tr.header), tr.header.frame_id, tr.child_frame_id,
+                                     tr.transform.translation, tr.transform.rotation, static=topic == TF_STATIC)
                     else:
                         gts.append(self._gt_from(msg, msgtype))
         except DatasetError:
@@ -229,10 +245,8 @@ class BagSequence(Sequence):
                                + (f' ({self.partial_reason})' if self.partial else ''))
         if not infos:
             raise DatasetError(f'bag {self.path} has no messages on camera_info topic {self.info_topic}')
-        if tf_edges:
-            gts = self._gt_from_tf(tf_edges)
-        elif self.gt_topic and self.gt_frame is not None:
-            gts = [g for g in gts if g[2] == self.gt_frame]
+        if self.gt_topic and not tf_gt:
+            gts = self._match_gt_frames(gts)
         img_t = np.array([s for s, _ in images], dtype=np.float64) * 1e-9
         info_idx = nearest(np.array([s for s, _ in infos], float) * 1e-9, img_t, max_dt)
         keep = info_idx >= 0
@@ -242,8 +256,6 @@ class BagSequence(Sequence):
             depth_idx = nearest(np.array([s for s, _ in depths], float) * 1e-9, img_t, max_dt)
             keep &= depth_idx >= 0
         self.skipped_no_depth = int(((depth_idx < 0) & (info_idx >= 0)).sum()) if self.depth_topic else 0
-        gt_idx = nearest(np.array([g[0] for g in gts], float) * 1e-9, img_t, gt_max_dt) if gts \
-            else np.full(len(images), -1)
         sel = np.flatnonzero(keep)
         if len(sel) == 0:
             raise DatasetError(f'bag {self.path}: no image on {self.image_topic} has a camera_info'
@@ -253,28 +265,49 @@ class BagSequence(Sequence):
         self._frame_ids = [self._image_frame_ids[i] for i in sel]
         self._infos = [infos[info_idx[i]][1] for i in sel]
         self._depths = [depths[depth_idx[i]][1] for i in sel] if self.depth_topic else [None] * len(sel)
-        self._poses = [gts[gt_idx[i]][1] if gt_idx[i] >= 0 else None for i in sel]
+        if tf_gt:
+            self._poses = self._gt_from_tf(tree, [s for s, _ in self._images], gt_max_dt)
+        else:
+            gt_idx = nearest(np.array([g[0] for g in gts], float) * 1e-9, img_t[sel], gt_max_dt) if gts \
+                else np.full(len(sel), -1)
+            self._poses = [gts[k][1] if k >= 0 else None for k in gt_idx]
         self.frames_without_gt = sum(p is None for p in self._poses)
 
-    def _gt_from(self, msg, msgtype: str) -> tuple[int, np.ndarray, str]:
+    def _gt_from(self, msg, msgtype: str) -> tuple[int, np.ndarray, str, str | None]:
+        """(stamp, T, header.frame_id, child_frame_id or None for PoseStamped) of a pose-like message."""
+        child = None
         if msgtype == 'geometry_msgs/msg/PoseStamped':
             T = _pose_T(msg.pose.position, msg.pose.orientation)
         elif msgtype == 'geometry_msgs/msg/TransformStamped':
-            T = _pose_T(msg.transform.translation, msg.transform.rotation)
+            T, child = _pose_T(msg.transform.translation, msg.transform.rotation), msg.child_frame_id
         else:  # Odometry
-            T = _pose_T(msg.pose.pose.position, msg.pose.pose.orientation)
-        return _stamp_ns(msg.header), T, msg.header.frame_id
+            T, child = _pose_T(msg.pose.pose.position, msg.pose.pose.orientation), msg.child_frame_id
+        return _stamp_ns(msg.header), T, frame_name(msg.header.frame_id), None if child is None else frame_name(child)
 
-    def _gt_from_tf(self, edges) -> list[tuple[int, np.ndarray, str]]:
-        child = self.camera_frame or (self._image_frame_ids[0] if self._image_frame_ids else '')
-        match = [e for e in edges if e[2] == child and (self.gt_frame is None or e[1] == self.gt_frame)]
-        parents = {e[1] for e in match}
-        if not match or len(parents) > 1:
-            seen = sorted({f'{e[1]} -> {e[2]}' for e in edges})
-            why = 'no' if not match else f'several parents ({", ".join(sorted(parents))}) for the'
-            raise DatasetError(f"bag {self.path}: {why} transform {self.gt_frame or '<parent>'} -> {child} on "
-                               f"{self.gt_topic}; set gt_frame / camera_frame. Transforms seen: {', '.join(seen)}")
-        return [(s, T, p) for s, p, _c, T in match]
+    def _match_gt_frames(self, gts: list) -> list:
+        """The ground-truth messages whose frames match ``gt_frame`` (header.frame_id) and ``camera_frame``
+        (child_frame_id of TransformStamped / Odometry), when set; raises naming the frames seen if none does."""
+        keep = [g for g in gts if (self.gt_frame is None or g[2] == self.gt_frame)
+                and (self.camera_frame is None or g[3] is None or g[3] == self.camera_frame)]
+        if gts and not keep:
+            seen = sorted({g[2] if g[3] is None else f'{g[2]} -> {g[3]}' for g in gts})
+            raise DatasetError(f"bag {self.path}: no ground truth on {self.gt_topic} is "
+                               f"{self.gt_frame or '<any frame>'} -> {self.camera_frame or '<any child>'} "
+                               f"(gt_frame -> camera_frame); its messages have: {', '.join(seen)}")
+        return keep
+
+    def _gt_from_tf(self, tree: TfTree, stamps_ns: list[int], max_dt: float) -> list[np.ndarray | None]:
+        """``T_gt_frame_from_camera`` per image from the tf chain (None where a dynamic edge has no sample)."""
+        if not len(tree):
+            return [None] * len(stamps_ns)
+        child = self.camera_frame or frame_name(self._frame_ids[0] if self._frame_ids else '')
+        try:
+            return tree.lookup(self.gt_frame, child, stamps_ns, max_dt)
+        except DatasetError as exc:
+            topics = self.gt_topic + (f' and {TF_STATIC}' if TF_STATIC in self.source.topics
+                                      and self.gt_topic != TF_STATIC else '')
+            raise DatasetError(f"bag {self.path}: {exc} on {topics}; set gt_frame / camera_frame. "
+                               f"Transforms seen: {tree.describe()}") from None
 
     # ------------------------------------------------------------------ frames
 

@@ -5,6 +5,10 @@ from a PoseStamped topic); :func:`iter_frame_data` then yields frames with their
 bag once, in order, so long recordings never sit in memory. Used by :mod:`relpose_ros.ros.replay`, which publishes
 the bytes as they are (like ``ros2 bag play``). Topic names default to :class:`~relpose_ros.data.bag_writer.BagTopics`;
 image_transport's ``<image>/compressed`` and ``<depth>/compressedDepth`` are found automatically.
+
+Bags are opened like the offline reader opens them (:func:`relpose_ros.data.bag_reader.open_source`): a truncated
+MCAP file is read up to its last complete message with :mod:`relpose_ros.data.mcap_salvage`, and the stream is
+then marked ``partial`` with ``partial_reason``.
 """
 from __future__ import annotations
 
@@ -46,6 +50,8 @@ class BagStream:
     image_transport: str            # 'raw' | 'compressed'
     depth_transport: str | None     # 'raw' | 'compressedDepth' | None (no depth)
     topics: BagTopics
+    partial: bool = False           # only the intact prefix of a truncated / damaged bag was read
+    partial_reason: str = ''
 
 
 def cdr_stamp_ns(raw: bytes) -> int:
@@ -66,16 +72,10 @@ def cdr_restamp(raw: bytes, stamp_ns: int) -> bytes:
 
 
 def _open_bag(path: Path):
-    from rosbags.rosbag2 import Reader
+    """(message source, partial) of a bag: rosbags, or the MCAP salvage reader for a truncated MCAP file."""
+    from .bag_reader import open_source
 
-    if not path.exists():
-        raise DatasetError(f'bag {path} does not exist')
-    try:
-        reader = Reader(path)
-        reader.open()
-    except Exception as exc:
-        raise DatasetError(f'cannot open bag {path}: {exc}') from exc
-    return reader
+    return open_source(path)
 
 
 def _nearest(stamps: np.ndarray, stamp: int, slop_ns: int) -> int | None:
@@ -91,9 +91,10 @@ def index_bag(path: str | Path, topics: BagTopics = BagTopics(), use_depth: bool
     """Frames (image + camera_info [+ depth]) of a bag, matched by header stamp within ``sync_slop_s``, with
     ground truth from ``topics.gt_pose`` (PoseStamped) when present. Reads stamps only: no image is kept."""
     path = Path(path)
-    reader = _open_bag(path)
+    source, partial = _open_bag(path)
+    partial_reason = source.stop_reason if partial else ''
     try:
-        present = {c.topic: c.msgtype for c in reader.connections}
+        present = dict(source.topics)
         # image_transport names: fall back to <image>/compressed and <depth>/compressedDepth
         if topics.image not in present and topics.image + '/compressed' in present:
             topics = dataclasses.replace(topics, image=topics.image + '/compressed')
@@ -102,7 +103,8 @@ def index_bag(path: str | Path, topics: BagTopics = BagTopics(), use_depth: bool
         for name in (topics.image, topics.camera_info):
             if name not in present:
                 raise DatasetError(f'bag {path} has no topic {name}; it has: '
-                                   + ', '.join(f'{t} ({m})' for t, m in sorted(present.items())))
+                                   + (', '.join(f'{t} ({m})' for t, m in sorted(present.items())) or '(none)')
+                                   + (f' ({partial_reason})' if partial else ''))
         if present[topics.image] not in IMAGE_TYPES:
             raise DatasetError(f'{topics.image} in {path} is {present[topics.image]}, not an image type')
         with_depth = use_depth and topics.depth in present
@@ -112,15 +114,21 @@ def index_bag(path: str | Path, topics: BagTopics = BagTopics(), use_depth: bool
             wanted.append(topics.gt_pose)
         stamps: dict[str, list[int]] = {t: [] for t in wanted}
         poses: list[np.ndarray] = []
-        connections = [c for c in reader.connections if c.topic in stamps]
-        for conn, _, raw in reader.messages(connections=connections):
-            stamps[conn.topic].append(cdr_stamp_ns(raw))
-            if conn.topic == topics.gt_pose:
-                msg = TYPESTORE.deserialize_cdr(bytes(raw), conn.msgtype)
-                q, p = msg.pose.orientation, msg.pose.position
-                poses.append(make_T(quat_to_matrix([q.w, q.x, q.y, q.z]), [p.x, p.y, p.z]))
+        try:
+            for topic, _t, raw, _loc in source.messages(set(stamps)):
+                stamp = cdr_stamp_ns(raw)
+                if topic == topics.gt_pose:
+                    msg = TYPESTORE.deserialize_cdr(bytes(raw), present[topic])
+                    q, p = msg.pose.orientation, msg.pose.position
+                    poses.append(make_T(quat_to_matrix([q.w, q.x, q.y, q.z]), [p.x, p.y, p.z]))
+                stamps[topic].append(stamp)
+        except DatasetError:
+            raise
+        except Exception as exc:  # damage in the middle of a bag: keep what was read, mark partial
+            partial = True
+            partial_reason = f'bag {path} could not be read past {len(stamps[topics.image])} images: {exc}'
     finally:
-        reader.close()
+        source.close()
 
     slop_ns = int(sync_slop_s * 1e9)
     info = np.sort(np.asarray(stamps[topics.camera_info], dtype=np.int64))
@@ -145,7 +153,8 @@ def index_bag(path: str | Path, topics: BagTopics = BagTopics(), use_depth: bool
     depth_transport = None
     if with_depth:
         depth_transport = 'raw' if present[topics.depth] == 'sensor_msgs/msg/Image' else 'compressedDepth'
-    return BagStream(path, frames, IMAGE_TYPES[present[topics.image]], depth_transport, topics)
+    return BagStream(path, frames, IMAGE_TYPES[present[topics.image]], depth_transport, topics, partial,
+                     partial_reason)
 
 
 def iter_frame_data(stream: BagStream, indices) -> Iterator[BagFrame]:
@@ -167,16 +176,15 @@ def iter_frame_data(stream: BagStream, indices) -> Iterator[BagFrame]:
             need.setdefault((topics.depth, f.depth_stamp_ns), []).append(pos)
     pending: dict[int, dict[str, bytes]] = {}
     next_pos = 0
-    reader = _open_bag(stream.path)
+    source, _partial = _open_bag(stream.path)
     try:
-        connections = [c for c in reader.connections if c.topic in channel_of]
-        for conn, _, raw in reader.messages(connections=connections):
-            positions = need.pop((conn.topic, cdr_stamp_ns(raw)), None)
+        for topic, _t, raw, _loc in source.messages(set(channel_of)):
+            positions = need.pop((topic, cdr_stamp_ns(raw)), None)
             if not positions:
                 continue
             data = bytes(raw)
             for pos in positions:
-                pending.setdefault(pos, {})[channel_of[conn.topic]] = data
+                pending.setdefault(pos, {})[channel_of[topic]] = data
             while next_pos < len(indices):
                 f = stream.frames[indices[next_pos]]
                 got = pending.get(next_pos, {})
@@ -190,7 +198,7 @@ def iter_frame_data(stream: BagStream, indices) -> Iterator[BagFrame]:
             if next_pos == len(indices):
                 return
     finally:
-        reader.close()
+        source.close()
     raise DatasetError(f'bag {stream.path} ended before frame {indices[next_pos]} was complete (truncated or '
                        'changed while reading)')
 

@@ -109,3 +109,9 @@ class McapSalvage:
         chunk, off, n = locator
         buf = self._data if chunk is None else self._chunk_records(chunk)[0]
         return bytes(buf[off:off + n])
+
+    def close(self) -> None:
+        """Release the file mapping (the reader is unusable afterwards)."""
+        self._chunk_cache = None
+        if not self._data.closed:
+            self._data.close()

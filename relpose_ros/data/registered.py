@@ -5,7 +5,9 @@ import numpy as np
 
 from ..features.depth import register_depth
 from ..types import Frame
-from .sequence import PosedFrame, Sequence
+from .sequence import READER_COUNTS, PosedFrame, Sequence
+
+_DELEGATED = READER_COUNTS + ('partial', 'partial_reason')
 
 
 class RegisteredSequence(Sequence):
@@ -18,6 +20,12 @@ class RegisteredSequence(Sequence):
 
     def __len__(self) -> int:
         return len(self.base)
+
+    def __getattr__(self, name: str):
+        """Reader counts and flags of the base (``frames_without_gt``, ``skipped_no_depth``, ``partial``, ...)."""
+        if name in _DELEGATED:
+            return getattr(self.base, name)
+        raise AttributeError(f'{type(self).__name__} has no attribute {name!r}')
 
     def load(self, index: int) -> PosedFrame:
         pf = self.base.load(index)

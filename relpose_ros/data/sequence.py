@@ -2,6 +2,10 @@
 
 A :class:`Sequence` is an indexable list of :class:`PosedFrame`: a :class:`~relpose_ros.types.Frame`
 (RGB, K, optional depth, stamp, frame_id) plus its ground-truth camera-to-world pose when known.
+
+Readers also count what they could not pair (:data:`READER_COUNTS`): ``frames_without_gt`` (frames kept with an
+unknown pose; every reader has it), ``skipped_no_depth`` and ``skipped_no_camera_info`` (frames left out, where
+the reader associates streams by stamp). :func:`reader_counts` collects them for reports.
 """
 from __future__ import annotations
 
@@ -26,6 +30,21 @@ class PosedFrame:
     @property
     def has_pose(self) -> bool:
         return self.T_world_from_cam is not None and bool(np.all(np.isfinite(self.T_world_from_cam)))
+
+
+#: Counts a reader may report: frames kept without ground truth, frames skipped without depth / camera_info.
+READER_COUNTS = ('frames_without_gt', 'skipped_no_depth', 'skipped_no_camera_info')
+
+
+def reader_counts(*sequences, keys: tuple[str, ...] = READER_COUNTS) -> dict[str, int]:
+    """``{key: count}`` of :data:`READER_COUNTS` summed over ``sequences`` (a key only when a reader reports it)."""
+    out: dict[str, int] = {}
+    for seq in sequences:
+        for key in keys:
+            value = getattr(seq, key, None)
+            if value is not None:
+                out[key] = out.get(key, 0) + int(value)
+    return out
 
 
 class Sequence(ABC):

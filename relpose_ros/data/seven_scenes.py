@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from functools import cached_property
 from pathlib import Path
 
 import cv2
@@ -35,6 +36,15 @@ def read_rgb(path: Path) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
+def _pose_known(path: Path) -> bool:
+    """True when ``path`` holds 16 finite numbers (a usable 4x4 pose)."""
+    try:
+        values = np.array(path.read_text().split(), dtype=np.float64)
+    except (OSError, ValueError):
+        return False
+    return values.size == 16 and bool(np.all(np.isfinite(values)))
+
+
 class SevenScenesSequence(Sequence):
     """A 7-Scenes sequence folder; ``use_depth=False`` loads RGB only."""
 
@@ -57,6 +67,12 @@ class SevenScenesSequence(Sequence):
 
     def _stem(self, index: int) -> str:
         return self.colors[index].name.split('.color.')[0]
+
+    @cached_property
+    def frames_without_gt(self) -> int:
+        """Frames whose pose is unknown: no ``.pose.txt``, or non-finite values (7-Scenes writes inf when tracking
+        was lost). Read once, on first use (training never pays for it)."""
+        return sum(not _pose_known(self.root / f'{self._stem(i)}.pose.txt') for i in range(len(self)))
 
     def load(self, index: int) -> PosedFrame:
         stem = self._stem(index)

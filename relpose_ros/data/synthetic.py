@@ -373,6 +373,11 @@ class SyntheticSequence(Sequence):
     def __len__(self) -> int:
         return int(self.poses.shape[0])
 
+    @property
+    def frames_without_gt(self) -> int:
+        """Frames whose pose is not finite (0 for the rendered paths: every pose is known)."""
+        return int((~np.isfinite(self.poses).all(axis=(1, 2))).sum())
+
     def stamp_ns(self, index: int) -> int:
         return self.start_ns + int(round(index * 1e9 / self.fps))
 

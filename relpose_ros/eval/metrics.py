@@ -199,7 +199,8 @@ def summarize(pairs: Sequence[PairResult], dropped_frames: int | None = None,
     """The metrics.json summary of a list of pairs (only pairs with ground truth are scored).
 
     ``spearman_conf_err`` correlates confidence with the camera-centre error over the successful pairs
-    (a well-calibrated backend gives a negative value). With ``with_latency`` the replay keys
+    (a well-calibrated backend gives a negative value), leaving out replayed poses whose confidence never
+    arrived (``extra['confidence_missing']``). With ``with_latency`` the replay keys
     ``latency_ms_p50``, ``latency_ms_p95`` and ``dropped_frames`` are added.
     """
     scored = [p for p in pairs if p.has_gt]
@@ -209,6 +210,7 @@ def summarize(pairs: Sequence[PairResult], dropped_frames: int | None = None,
     trans = [p.trans_err_m for p in good]
     vcre = [p.vcre_px for p in good]
     conf = [p.confidence for p in good]
+    calibrated = [(p.confidence, p.trans_err_m) for p in good if not p.extra.get('confidence_missing')]
     acc_pose = [r < POSE_ROT_THRESHOLD_DEG and t < POSE_TRANS_THRESHOLD_M for r, t in zip(rot, trans)]
     acc_vcre = [v < VCRE_THRESHOLD_PX for v in vcre]
     out = {
@@ -221,7 +223,7 @@ def summarize(pairs: Sequence[PairResult], dropped_frames: int | None = None,
         'precision_vcre': precision(acc_vcre, n_failed),
         'auc_pose': auc_by_confidence(conf, acc_pose, n_failed),
         'auc_vcre': auc_by_confidence(conf, acc_vcre, n_failed),
-        'spearman_conf_err': spearman(conf, trans),
+        'spearman_conf_err': spearman(*zip(*calibrated)) if calibrated else float('nan'),
     }
     if with_latency:
         lat = latency_percentiles(p.latency_ms for p in pairs)

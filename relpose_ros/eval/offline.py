@@ -14,6 +14,7 @@ from collections.abc import Sequence as Seq
 import numpy as np
 from tqdm import tqdm
 
+from ..data.sequence import reader_counts
 from ..errors import ConfigError, DatasetError
 from ..geometry import inverse_T, relative_pose
 from .metrics import PairResult, score_pair
@@ -110,6 +111,8 @@ def evaluate_offline(estimator, sequence, pairs: Seq[Pair], progress: bool = Tru
         partial, partial_reason = True, '; '.join(r for r in (reason, partial_reason) if r)
     info = dict(meta or {})
     info.setdefault('frames_without_gt', getattr(sequence, 'frames_without_gt', None))
+    for key, count in reader_counts(sequence).items():  # frames the reader left out (skipped_no_depth, ...)
+        info.setdefault(key, count)
     info.setdefault('backend', getattr(estimator, 'name', ''))
     info.setdefault('frames', len(sequence))
     return EvalResult(pairs=results, mode='offline', meta=info, partial=partial, partial_reason=partial_reason,

@@ -8,8 +8,9 @@ metrics.json (keys other tools read; keep them stable)::
     per_gap:  {gap: the same keys}
     pairs:    [{reference, query, gap, R, t (T_query_from_ref), confidence, ok, rot_err_deg, trans_err_m,
                 vcre_px, ...}]
-    partial, partial_reason, meta (backend, dataset, protocol, mode, ...), details (n_no_gt, failure
-    reasons, latency percentiles, median translation-direction error), plots (file names)
+    partial, partial_reason, meta (backend, dataset, protocol, mode, frames_without_gt, skipped_no_depth,
+    skipped_no_camera_info, ...; replay: node_dropped_frames, confidence_missing, ...), details (n_no_gt,
+    failure reasons, latency percentiles, median translation-direction error), plots (file names)
 
 NaN values are written as JSON ``null``.
 """
@@ -107,6 +108,25 @@ def markdown_table(metrics: dict) -> str:
     return '\n'.join(lines)
 
 
+def frame_counts_line(meta: dict) -> str:
+    """The report's sentence on frames the readers could not pair (``meta``: frames_without_gt, skipped_no_depth,
+    skipped_no_camera_info) and, in replay mode, the node's own counts; '' when there is none."""
+    parts = []
+    if meta.get('frames_without_gt') is not None:
+        parts.append(f"{meta['frames_without_gt']} without ground truth (kept, not scored)")
+    skipped = [f'{meta[k]} without {what}' for k, what in (('skipped_no_depth', 'depth'),
+                                                            ('skipped_no_camera_info', 'camera_info'))
+               if meta.get(k) is not None]
+    if skipped:
+        parts.append('skipped by the reader: ' + ', '.join(skipped))
+    if meta.get('node_dropped_frames') is not None:
+        parts.append(f"{meta['node_dropped_frames']} replaced in the node's latest-only queue "
+                     f"(node diagnostics dropped_frames)")
+    if meta.get('confidence_missing'):
+        parts.append(f"{meta['confidence_missing']} poses published without a confidence (scored with confidence 0)")
+    return ('Frames: ' + '; '.join(parts) + '.') if parts else ''
+
+
 def markdown_report(metrics: dict) -> str:
     """The whole report.md text."""
     meta, det = metrics['meta'], metrics['details']
@@ -120,6 +140,9 @@ def markdown_report(metrics: dict) -> str:
             f"Pairs without ground truth (not scored): {det['n_no_gt']}. "
             f"Median translation-direction error: {_fmt(det['median_transdir_err_deg'], 2)} deg.",
             '']
+    counts = frame_counts_line(meta)
+    if counts:
+        out += [counts, '']
     lat = det['latency_ms']
     if lat['n']:
         what = 'end-to-end latency (stamp to arrival)' if meta.get('mode') == 'replay' else 'estimate time per query'

@@ -11,7 +11,8 @@ Messages are published as the bag's serialized CDR bytes (like ``ros2 bag play``
 header stamp is rewritten to the send time (a 8-byte patch of the CDR header), so the node's own latency
 diagnostics are meaningful. The result (:class:`ReplayResult`) has one :class:`ReplayFrame` per played frame:
 its stamps, the published pose (or None), its confidence, the latency from sending the frame to receiving the
-pose, and the bag's ground truth when it has one.
+pose, and the bag's ground truth when it has one. A truncated MCAP bag is played up to its last complete frame
+and the result is marked ``partial`` (with ``partial_reason``).
 """
 from __future__ import annotations
 
@@ -146,6 +147,8 @@ class ReplayResult:
     node_log: str = ''
     startup_s: float = 0.0
     duration_s: float = 0.0
+    partial: bool = False                   # only the intact prefix of a truncated bag was played
+    partial_reason: str = ''
 
     @property
     def published(self) -> int:
@@ -160,6 +163,15 @@ class ReplayResult:
         """Frames without any output (the node's own latest-only count is ``diagnostics['dropped_frames']``)."""
         return sum(f.status == 'dropped' for f in self.frames)
 
+    @property
+    def node_dropped_frames(self) -> int | None:
+        """The node's own count of frames its latest-only queue replaced (last diagnostics), None if unknown."""
+        value = self.diagnostics.get('dropped_frames')
+        try:
+            return None if value is None else int(value)
+        except ValueError:
+            return None
+
     def gt_T_query_from_ref(self, frame: ReplayFrame) -> np.ndarray | None:
         """Ground-truth ``T_query_from_ref`` of a frame, when the bag has ground truth for it and the reference."""
         if frame.T_world_from_cam is None or self.reference_T_world_from_cam is None:
@@ -172,7 +184,9 @@ class ReplayResult:
         return {
             'bag': self.bag, 'reference_index': self.reference_index, 'reference_stamp_ns': self.reference_stamp_ns,
             'rate_hz': self.rate_hz, 'published': self.published, 'frames_sent': len(self.frames),
-            'dropped_frames': self.dropped_frames, 'unmatched_confidences': self.unmatched_confidences,
+            'dropped_frames': self.dropped_frames, 'node_dropped_frames': self.node_dropped_frames,
+            'unmatched_confidences': self.unmatched_confidences, 'partial': self.partial,
+            'partial_reason': self.partial_reason,
             'startup_s': self.startup_s, 'duration_s': self.duration_s, 'diagnostics': self.diagnostics,
             'node_command': self.node_command,
             'frames': [{'index': f.index, 'stamp_ns': f.stamp_ns, 'sent_stamp_ns': f.sent_stamp_ns, 'sent_s': f.sent_s,
@@ -488,4 +502,5 @@ def replay_bag(bag: str | Path, options: ReplayOptions | None = None, progress=N
                         reference_T_world_from_cam=reference.T_world_from_cam, rate_hz=rate, frames=played,
                         unmatched_confidences=unmatched, diagnostics=dict(recorder.diagnostics),
                         diagnostics_history=[(t - t_live, v) for t, v in recorder.diagnostics_history],
-                        node_command=command, node_log=node_log, startup_s=startup_s, duration_s=duration_s)
+                        node_command=command, node_log=node_log, startup_s=startup_s, duration_s=duration_s,
+                        partial=stream.partial, partial_reason=stream.partial_reason)
