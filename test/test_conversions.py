@@ -90,12 +90,52 @@ def test_depth_32fc1_invalid_values_become_nan(big_endian):
     assert np.all(d[1:] == 2.5) and np.all(d[0, 4:] == 2.5)
 
 
-def test_decoding_copies_once_and_does_not_alias_the_message():
-    arr = _random('rgb8', np.random.default_rng(2))
-    msg = numpy_to_image_msg(arr, 'rgb8')
-    rgb = image_msg_to_rgb(msg)
-    assert not np.shares_memory(rgb, np.frombuffer(msg.data, dtype=np.uint8))
-    assert rgb.base is None  # a fresh array, not a view of a temporary
+def _camera_image(encoding: str, rng: np.random.Generator, h: int = 480, w: int = 640) -> np.ndarray:
+    """A camera-sized image; depth with invalid pixels (0, and NaN / Inf / negative for 32FC1)."""
+    if encoding in ('rgb8', 'bgr8'):
+        return rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    if encoding == '16UC1':
+        mm = rng.integers(0, 8000, (h, w), dtype=np.uint16)
+        mm[::9] = 0
+        return mm
+    m = rng.uniform(0.2, 8.0, (h, w)).astype(np.float32)
+    m[::9, ::2], m[::9, 1::4], m[1::9] = np.nan, np.inf, -1.0
+    return m
+
+
+@pytest.mark.parametrize('encoding', ['rgb8', 'bgr8', '16UC1', '32FC1'])
+@pytest.mark.parametrize('padding', [0, 8])
+@pytest.mark.parametrize('big_endian', [False, True])
+def test_decoding_copies_once_and_does_not_alias_the_message(encoding, padding, big_endian):
+    """The output is the only image-sized allocation of a decode: no intermediate copy (e.g. a contiguous or
+    byte-swapped version of the strided view, inside numpy or OpenCV) and no image-sized mask."""
+    import tracemalloc
+
+    arr = _camera_image(encoding, np.random.default_rng(2))
+    msg = numpy_to_image_msg(arr, encoding, step=arr[0].nbytes + padding, is_bigendian=big_endian)
+    decode = image_msg_to_depth if encoding in ('16UC1', '32FC1') else image_msg_to_rgb
+    decode(msg)  # warm up (lazy initialisation is not per-frame work)
+    tracing = tracemalloc.is_tracing()
+    if not tracing:
+        tracemalloc.start()
+    tracemalloc.reset_peak()
+    base = tracemalloc.get_traced_memory()[0]
+    out = decode(msg)
+    peak = tracemalloc.get_traced_memory()[1] - base
+    if not tracing:
+        tracemalloc.stop()
+    assert out.nbytes <= peak, 'tracemalloc did not see the output allocation: the check would be vacuous'
+    assert peak <= 1.15 * out.nbytes, (f'{encoding}: decoding allocated {peak} bytes for a {out.nbytes}-byte output '
+                                       '(more than one image copy)')
+    assert not np.shares_memory(out, np.frombuffer(msg.data, dtype=np.uint8))
+    assert out.base is None and out.flags.c_contiguous  # a fresh array, not a view of a temporary
+    if decode is image_msg_to_rgb:
+        assert np.array_equal(out, arr if encoding == 'rgb8' else arr[..., ::-1])
+    else:
+        expected = arr * np.float32(1e-3) if encoding == '16UC1' else arr
+        with np.errstate(invalid='ignore'):
+            expected = np.where((expected > 0) & (expected < np.inf), expected, np.nan).astype(np.float32)
+        np.testing.assert_array_equal(out, expected)
 
 
 @pytest.mark.parametrize('mutate, cause', [

@@ -258,6 +258,21 @@ def test_set_and_clear_reference_services(harness):
     assert h.wait(lambda: h.diagnostics[-1]['reference_set'] == 'false', 3)
 
 
+def test_clear_reference_during_a_slow_estimate_publishes_nothing_for_that_frame(harness):
+    """~/clear_reference arrives while the backend is estimating a frame: no pose and no confidence for it."""
+    h = harness(params={'constant.delay_s': 1.5})
+    h.set_reference_topic(make_frame(now_ns(), 'ref_cam'))
+    stamp = now_ns()
+    h.publish_live(make_frame(stamp))
+    assert h.wait(lambda: h.node.pipeline.stats.live_frames == 1 and h.node.pipeline.wait_idle(0.0) is False, 5)
+    assert h.call(h.clear_client).success  # well inside the 1.5 s estimate
+    assert h.node.pipeline.wait_idle(5.0)
+    time.sleep(0.2)
+    assert h.transforms == [] and h.poses == [] and h.confidences == [] and h.node.published_poses == 0
+    assert h.node.pipeline.stats.estimates == 1 and h.node.pipeline.stats.stale_frames == 1
+    assert h.wait(lambda: h.diagnostics and h.diagnostics[-1]['stale_frames'] == '1', 3)
+
+
 def test_confidence_gate_and_runtime_parameter_change(harness):
     h = harness(params={'constant.confidence': 0.3, 'min_confidence': 0.5})
     h.set_reference_topic(make_frame(now_ns(), 'ref_cam'))
@@ -475,7 +490,24 @@ def test_invalid_parameter_at_start_is_rejected_with_reason(context):
                            parameter_overrides=[Parameter(name, value=value)])
 
 
+def _same(a, b) -> bool:
+    """Equal values of equal types (1, 1.0 and True differ); lists, tuples and arrays compare by items."""
+    if not isinstance(a, (str, bytes)) and hasattr(a, '__len__') and hasattr(b, '__len__') \
+            and not isinstance(b, (str, bytes)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return type(a) is type(b) and a == b
+
+
+def test_same_compares_types():
+    assert _same([1.0, 2.0], (1.0, 2.0)) and _same('a', 'a') and _same(0, 0)
+    assert not _same(1, 1.0) and not _same(True, 1) and not _same([720, 540], [720.0, 540.0])
+    assert not _same([1.0], [1.0, 2.0]) and not _same('', None)
+
+
 def test_config_yaml_holds_every_default_and_loads(context):
+    from relpose_ros.backends import available, backend_class
+    from relpose_ros.ros.params import flatten
+
     config = yaml.safe_load((REPO / 'config' / 'relocalize.yaml').read_text())
     params = config['relocalize_node']['ros__parameters']
 
@@ -485,16 +517,27 @@ def test_config_yaml_holds_every_default_and_loads(context):
             node = node[part]
         return node
     for spec in NODE_PARAMS:
-        assert get(spec.name) == spec.default, f'{spec.name}: yaml {get(spec.name)!r} != node {spec.default!r}'
+        assert _same(get(spec.name), spec.default), f'{spec.name}: yaml {get(spec.name)!r} != node {spec.default!r}'
     assert params['constant'] == dict(ConstantEstimator.default_config)
-    from relpose_ros.backends import available, backend_class
-    from relpose_ros.ros.params import flatten
 
-    for name in available():  # backend sections added by their authors: only known keys
-        if name in params:
-            known = set(flatten(backend_class(name).default_config))
-            unknown = set(flatten(params[name])) - known
-            assert not unknown, f'config/relocalize.yaml: unknown {name} keys {sorted(unknown)}'
+    # every backend section, key by key, equals the defaults the node declares for that backend
+    for name in available():
+        assert name in params, f'config/relocalize.yaml has no section for the {name} backend'
+        defaults, in_yaml = flatten(backend_class(name).default_config), flatten(params[name])
+        assert set(in_yaml) == set(defaults), (f'config/relocalize.yaml {name}: missing '
+                                               f'{sorted(set(defaults) - set(in_yaml))}, unknown '
+                                               f'{sorted(set(in_yaml) - set(defaults))}')
+        wrong = {k: (in_yaml[k], v) for k, v in defaults.items() if not _same(in_yaml[k], v)}
+        assert not wrong, f'config/relocalize.yaml {name}: (yaml, backend default) differ: {wrong}'
+        node = RelocalizeNode(context=context, namespace=f'/c{next(_ns)}',  # no params file: declared defaults
+                              parameter_overrides=[Parameter('backend', value=name)])
+        try:
+            declared = {k: node.get_parameter(f'{name}.{k}').value for k in defaults}
+        finally:
+            node.shutdown()
+            node.destroy_node()
+        wrong = {k: (in_yaml[k], v) for k, v in declared.items() if v is not None and not _same(in_yaml[k], v)}
+        assert not wrong, f'config/relocalize.yaml {name}: (yaml, declared by the node) differ: {wrong}'
     node = RelocalizeNode(context=context, cli_args=['--ros-args', '--params-file', str(REPO / 'config/relocalize.yaml'),
                                                      '-p', 'backend:=constant', '-p', 'constant.confidence:=0.7',
                                                      '-p', 'min_confidence:=1'])  # an int for a float is fine

@@ -109,18 +109,28 @@ def _to_rgb(view: np.ndarray, encoding: str) -> np.ndarray:
     return out
 
 
+_MASK_BLOCK_PX = 1 << 16  # pixels per block of the invalid-depth pass: its masks stay small (no image-sized temporary)
+
+
 def _to_depth_m(view: np.ndarray, encoding: str, depth_scale: float = 1e-3) -> np.ndarray:
-    """One copy of a (H, W, 1) depth view into float32 metres with NaN for invalid pixels."""
+    """One copy of a (H, W, 1) depth view into float32 metres with NaN for invalid pixels.
+
+    Invalid pixels are marked in row blocks so that the only image-sized allocation is the output."""
     v = view[..., 0]
     out = np.empty(v.shape, dtype=np.float32)
+    rows = max(1, _MASK_BLOCK_PX // max(1, v.shape[1]))
     if encoding in ('16UC1', 'mono16'):
         np.multiply(v, np.float32(depth_scale), out=out, casting='unsafe')
-        out[v == 0] = np.nan
+        for r in range(0, v.shape[0], rows):  # 0 = invalid
+            np.copyto(out[r:r + rows], np.float32(np.nan), where=v[r:r + rows] == 0)
     elif encoding == '32FC1':
         out[...] = v
-        valid = out > 0  # False for NaN, 0, negatives
-        valid &= out < np.inf
-        out[~valid] = np.nan
+        for r in range(0, v.shape[0], rows):  # NaN, Inf, 0 and negatives = invalid
+            block = out[r:r + rows]
+            invalid = np.greater(block, 0)  # False for NaN, 0, negatives
+            invalid &= block < np.inf
+            np.logical_not(invalid, out=invalid)
+            np.copyto(block, np.float32(np.nan), where=invalid)
     else:
         raise InputError('unsupported_encoding', f"'{encoding}' is not a depth encoding; "
                                                  f"use one of {', '.join(DEPTH_ENCODINGS)}")

@@ -343,7 +343,7 @@ class RelocalizeNode(Node):
             'input_rate_hz': self._rates[0], 'processing_rate_hz': self._rates[1],
             'latency_ms': self.last_latency_s * 1e3, 'max_latency_ms': self._max_latency_s * 1e3,
             'live_frames': s.live_frames, 'dropped_frames': s.dropped_frames,
-            'frames_without_reference': s.frames_without_reference,
+            'frames_without_reference': s.frames_without_reference, 'stale_frames': s.stale_frames,
             'estimates': s.estimates, 'failed_estimates': s.failed_estimates,
             'published_poses': self.published_poses, 'gated_poses': self.gated_poses,
             'last_confidence': self.last_confidence, 'last_inliers': self.last_inliers,

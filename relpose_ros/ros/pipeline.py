@@ -3,6 +3,11 @@
 Callbacks hand in frames; one worker thread prepares references and estimates only the newest live
 frame. A live frame that is replaced before the worker takes it is dropped and counted, so latency
 stays bounded (about two estimator periods) when the estimator is slower than the camera.
+
+Every reference change (new reference, live frame taken as the reference, clear) starts a new
+reference generation. An estimate is published only when its reference is still the current one
+when it finishes: a frame estimated while the reference was cleared or replaced is dropped and
+counted as stale, so nothing is ever published against a reference the user already withdrew.
 """
 from __future__ import annotations
 
@@ -38,6 +43,7 @@ class PipelineStats:
     live_frames: int = 0
     dropped_frames: int = 0
     frames_without_reference: int = 0
+    stale_frames: int = 0  # estimated (or about to be) against a reference cleared / replaced meanwhile
     estimates: int = 0
     failed_estimates: int = 0
     references_set: int = 0
@@ -53,8 +59,9 @@ class RelocalizationPipeline:
     """Reference state + one-slot mailbox + worker thread around an :class:`Estimator`.
 
     ``on_result(live_frame, estimate, reference_frame)`` is called from the worker thread for every
-    estimate (ok or not). ``estimator`` None means "configured wrongly": frames are accepted and
-    counted, never estimated.
+    estimate (ok or not) whose reference is still current, under the pipeline lock: once
+    ``clear_reference`` or ``submit_reference`` returns, no result for the old reference is delivered.
+    ``estimator`` None means "configured wrongly": frames are accepted and counted, never estimated.
     """
 
     def __init__(self, estimator: Estimator | None, on_result: ResultCallback, max_image_size: int = 0,
@@ -70,7 +77,9 @@ class RelocalizationPipeline:
         self._reference: Reference | None = None
         self._reference_original: Frame | None = None
         self._reference_requested = False
-        self._generation = 0  # bumped by clear_reference: a reference prepared before it is discarded
+        self._generation = 0  # bumped by every reference change: estimates against an older one are stale
+        self._reference_generation = -1  # generation of the prepared reference in use
+        self._clears = 0  # bumped by clear_reference: a reference being prepared meanwhile is discarded
         self._stop = False
         self._busy = False
         self._thread = threading.Thread(target=self._run, name='relpose-worker', daemon=True)
@@ -106,6 +115,7 @@ class RelocalizationPipeline:
             if self._reference_requested:
                 self._reference_requested = False
                 self._pending_reference = frame
+                self._generation += 1
             else:
                 if self._latest is not None:
                     self.stats.dropped_frames += 1
@@ -116,6 +126,7 @@ class RelocalizationPipeline:
         """A new reference (last wins): prepared by the worker before the next estimate."""
         with self._cond:
             self._pending_reference = frame
+            self._generation += 1
             self._cond.notify_all()
 
     def request_reference(self) -> None:
@@ -127,6 +138,7 @@ class RelocalizationPipeline:
         """Drop the reference (and any pending one); nothing is estimated until a new one is set."""
         with self._cond:
             self._generation += 1
+            self._clears += 1
             self._reference = None
             self._pending_reference = None
             self._reference_requested = False
@@ -152,12 +164,13 @@ class RelocalizationPipeline:
                     self._cond.wait()
                 if self._stop:
                     return
-                pending, live, generation = self._pending_reference, self._latest, self._generation
+                pending, live = self._pending_reference, self._latest
+                generation, clears = self._generation, self._clears
                 self._pending_reference = self._latest = None
                 self._busy = True
             try:
                 if pending is not None:
-                    self._prepare(pending, generation)
+                    self._prepare(pending, generation, clears)
                 if live is not None:
                     self._estimate(live)
             finally:
@@ -165,7 +178,12 @@ class RelocalizationPipeline:
                     self._busy = False
                     self._cond.notify_all()
 
-    def _prepare(self, frame: Frame, generation: int) -> None:
+    def _prepare(self, frame: Frame, generation: int, clears: int) -> None:
+        """Prepare and install ``frame`` (submitted at ``generation``) unless the reference was cleared since.
+
+        A reference replaced while it was prepared is still installed (so a re-sent reference can never
+        starve a slow ``prepare_reference``), but estimates against it are stale until the newer one is in.
+        """
         if self.estimator is None:
             return
         try:
@@ -174,22 +192,28 @@ class RelocalizationPipeline:
             self.stats.reference_errors += 1
             self.stats.last_reference_error = f'{type(exc).__name__}: {exc}'
             with self._cond:  # never keep estimating against a keyframe the user replaced
-                if generation == self._generation:
+                if clears == self._clears:
                     self._reference = self._reference_original = None
             self.on_error(f'could not prepare the new reference, reference cleared: '
                           f'{self.stats.last_reference_error}')
             return
         with self._cond:
-            if generation == self._generation:
+            if clears == self._clears:
                 self._reference = reference
                 self._reference_original = frame  # as received (frame_id, size) for the outputs
+                self._reference_generation = generation
                 self.stats.references_set += 1
 
     def _estimate(self, frame: Frame) -> None:
         with self._cond:
             reference, reference_frame = self._reference, self._reference_original
+            generation = self._reference_generation
+            current = generation == self._generation
         if reference is None or self.estimator is None:
             self.stats.frames_without_reference += 1
+            return
+        if not current:  # a newer reference is waiting to be prepared: this one is withdrawn
+            self.stats.stale_frames += 1
             return
         query = resize_frame(frame, self.max_image_size)
         t0 = time.perf_counter()
@@ -199,9 +223,13 @@ class RelocalizationPipeline:
             est = PoseEstimate.failure(f'estimator raised {type(exc).__name__}: {exc}')
         self.stats.last_estimate_s = time.perf_counter() - t0
         self.stats.estimates += 1
-        if not est.ok:
-            self.stats.failed_estimates += 1
-        try:
-            self.on_result(frame, est, reference_frame)
-        except Exception as exc:
-            self.on_error(f'publishing the result failed: {type(exc).__name__}: {exc}')
+        with self._cond:  # held while publishing, so a clear / replace cannot slip in between check and publish
+            if generation != self._generation:  # cleared or replaced during the estimate: no pose, no confidence
+                self.stats.stale_frames += 1
+                return
+            if not est.ok:
+                self.stats.failed_estimates += 1
+            try:
+                self.on_result(frame, est, reference_frame)
+            except Exception as exc:
+                self.on_error(f'publishing the result failed: {type(exc).__name__}: {exc}')
