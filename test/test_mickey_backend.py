@@ -107,10 +107,20 @@ def test_native_size_and_portrait_estimate(model):
     assert np.all(np.isfinite(res.R)) and (res.ok or res.reason)
 
 
+def assert_failure(res, needle: str) -> None:
+    assert not res.ok and needle in res.reason and res.confidence == 0.0, res.reason
+    assert np.array_equal(res.R, np.eye(3)) and np.all(res.t == 0)
+
+
 def test_too_small_image(model):
+    """A bad reference raises (the node reports it and clears the reference); a bad live frame is a failure."""
     est = make(model, image_size=[])
     with pytest.raises(FrameError, match=r'at least 7 patches.*98x98'):
         est.prepare_reference(frame(97, 150))
+    ref = est.prepare_reference(frame(112, 112))
+    res = est.estimate(ref, frame(97, 150))
+    assert_failure(res, 'too small')
+    assert 'query' in res.reason and '98x98' in res.reason and 'preprocess' in res.timings
 
 
 def test_intrinsics_not_matching_image(model):
@@ -118,6 +128,28 @@ def test_intrinsics_not_matching_image(model):
     bad = Frame(textured_image(150, 200), K_for(640, 480))   # K of a 640x480 camera on a 200x150 image
     with pytest.raises(FrameError, match='intrinsics do not match'):
         est.prepare_reference(bad)
+    assert_failure(est.estimate(est.prepare_reference(frame()), bad), 'intrinsics do not match')
+
+
+def test_invalid_live_frame_is_a_failure_not_an_exception(model):
+    est = make(model)
+    ref = est.prepare_reference(frame())
+    broken = frame()
+    broken.K = broken.K.copy()
+    broken.K[0, 0] = np.nan                                   # changed after construction: estimate validates
+    assert_failure(est.estimate(ref, broken), 'K contains NaN')
+
+
+def test_confidence_is_normalised_by_the_correspondences_per_set(model):
+    """confidence = score / min(samples_per_set, M*N): with fewer candidate matches than samples_per_set every
+    one of the M*N is in the set."""
+    est = make(model, samples_per_set=10 ** 6, num_sample_sets=1)
+    ref = est.prepare_reference(frame())
+    res = est.estimate(ref, frame(dx=4, dy=2))
+    M = N = ref.features['kp'].kps.shape[-1]                  # 9x12 grid at 168x126
+    assert M * N < 10 ** 6
+    assert res.ok, res.reason
+    assert res.confidence == pytest.approx(min(1.0, res.score / (M * N)))
 
 
 def test_textureless_frame_fails_cleanly(model):
@@ -187,6 +219,42 @@ def test_bench_runs_and_reports(tmp_path, capsys):
     assert row['live_ms'] > 0 and row['pair_ms'] > 0 and row['ratio'] == pytest.approx(row['live_ms'] / row['pair_ms'])
     assert row['peak_rss_mb'] > 0 and 'extract' in row['stages_ms']
     assert result['weights'] == 'random initialisation' and result['device'] == 'cpu'
+    # per-size, per-mode memory measured from a reset (Linux /proc); the old lifetime peak key stays
+    if result['rss_method'] is not None:
+        assert result['rss_method'] in ('vmhwm', 'sampled') and result['load_rss_mb'] > 0
+        for mode in ('live', 'pair'):
+            assert 0 <= row[f'{mode}_extra_rss_mb'] <= row[f'{mode}_peak_rss_mb'] <= row['peak_rss_mb'] + 1
+        assert row['rss_before_mb'] > 0
+
+
+@pytest.mark.parametrize('method', ['vmhwm', 'sampled'])
+def test_bench_rss_probe_resets_per_measurement(method):
+    """Each measurement starts from a reset: a large allocation inside the first block does not show up in
+    the second (a process-lifetime peak such as ru_maxrss would report it in both)."""
+    import time
+
+    from relpose_ros.bench.mickey import RssProbe, release_memory
+
+    auto = RssProbe('auto')
+    if auto.method is None:
+        pytest.skip('no /proc/self/status (not Linux)')
+    if method == 'vmhwm' and auto.method != 'vmhwm':
+        pytest.skip('this kernel does not allow resetting VmHWM (/proc/self/clear_refs)')
+    probe = RssProbe(method)
+    release_memory()
+    with probe.measure() as big:
+        a = np.ones(160 * 2 ** 20 // 8)                     # 160 MB, every page touched
+        time.sleep(0.05)
+        del a
+    release_memory()
+    with probe.measure() as small:
+        b = np.ones(2 ** 20 // 8)
+        time.sleep(0.05)
+        del b
+    assert big['extra_mb'] > 120, big
+    assert small['extra_mb'] < 40 and small['peak_mb'] < big['peak_mb'] - 80, (big, small)
+    with pytest.raises(ValueError, match='method'):
+        RssProbe('sometimes')
 
 
 @pytest.mark.parametrize('oversample,rounds', [(2, 1), (1, 0)])   # (1, 0): most sets use the exact completion

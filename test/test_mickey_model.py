@@ -1,7 +1,9 @@
 """MicKey model (small ViT-S/14-sized configuration, same code as ViT-L) and the official-weights loader."""
 from __future__ import annotations
 
+import copy
 import sys
+import threading
 import types
 
 import numpy as np
@@ -10,6 +12,7 @@ import torch
 
 from relpose_ros.errors import FrameError, WeightsError
 from relpose_ros.models.mickey import MickeyConfig, MickeyModel, export_official, load_mickey
+from relpose_ros.models.mickey.precision import strict_fp32, tf32_disabled, tf32_settings
 
 SMALL = MickeyConfig('vits14')
 
@@ -114,6 +117,153 @@ def test_small_config_trains(small_model):
         after = loss_fn().item()
     assert np.isfinite(after) and after < loss.item()
     assert int(model.extractor.det_head.resblock1.bn1.num_batches_tracked) > 0
+
+
+# ----------------------------------------------------------------------------- precision (fp16 backbone, fp32 heads)
+
+
+def test_strict_fp32_scope_disables_tf32_and_restores_settings():
+    """The scope switches TF32 off for matmuls and cuDNN convolutions, nests, and restores what was set before
+    (also a user's choice to allow TF32); the flags can be read and set without a GPU."""
+    original = tf32_settings()
+    try:
+        torch.backends.cudnn.allow_tf32 = True            # PyTorch's default for convolutions: TF32 allowed
+        torch.backends.cuda.matmul.allow_tf32 = True       # a user who allowed TF32 for matmuls
+        before = tf32_settings()
+        assert not tf32_disabled()
+        with strict_fp32():
+            assert tf32_disabled()
+            with strict_fp32():
+                assert tf32_disabled()
+            assert tf32_disabled()                         # the inner exit does not restore early
+        assert tf32_settings() == before and not tf32_disabled()
+        with strict_fp32(enabled=False):
+            assert tf32_settings() == before
+        with pytest.raises(RuntimeError):
+            with strict_fp32():
+                raise RuntimeError('boom')
+        assert tf32_settings() == before                   # restored on errors too
+
+        # overlapping scopes in two threads: the last one out restores
+        inside, release = threading.Event(), threading.Event()
+
+        def worker() -> None:
+            with strict_fp32():
+                inside.set()
+                release.wait(10)
+
+        t = threading.Thread(target=worker)
+        with strict_fp32():
+            t.start()
+            assert inside.wait(10)
+        assert tf32_disabled()                             # the worker's scope is still open
+        release.set()
+        t.join(10)
+        assert tf32_settings() == before
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = True
+        if original[0] == 'new':
+            torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision = original[1:]
+        else:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = original[1:]
+    assert tf32_settings() == original
+
+
+def precision_probe(model: MickeyModel) -> tuple[dict[str, list], list]:
+    """Forward hooks on backbone, head and matcher modules recording (output dtype, CUDA autocast on, TF32 off)."""
+    ex, vit = model.extractor, model.extractor.backbone
+    modules = {'backbone.patch_embed': vit.patch_embed.proj, 'backbone.block0.qkv': vit.blocks[0].attn.qkv,
+               'backbone.last.fc2': vit.blocks[-1].mlp.fc2}
+    for name in ('det_head', 'det_offset', 'depth_head', 'dsc_head'):
+        head = getattr(ex, name)
+        modules[f'{name}.resblock1.conv1'] = head.resblock1.conv1
+        modules[f'{name}.att.q_proj'] = head.att_layer.layers[0].q_proj
+        modules[f'{name}.resblock4.conv2'] = head.resblock4.conv2
+    modules['matcher'] = model.matcher
+    records: dict[str, list] = {name: [] for name in modules}
+
+    def hook(name: str):
+        def record(module, args, out) -> None:
+            out = out[0] if isinstance(out, tuple) else out
+            records[name].append((out.dtype, torch.is_autocast_enabled('cuda'), tf32_disabled()))
+        return record
+
+    return records, [m.register_forward_hook(hook(name)) for name, m in modules.items()]
+
+
+def check_precision(records: dict[str, list], fp16: bool) -> None:
+    """Backbone in float16 autocast iff ``fp16``; heads and matcher float32 without autocast; TF32 off everywhere."""
+    for name, entries in records.items():
+        assert entries, f'{name} never ran'
+        for dtype, autocast, no_tf32 in entries:
+            if name.startswith('backbone'):
+                assert dtype == (torch.float16 if fp16 else torch.float32) and autocast == fp16, (name, dtype)
+            else:
+                assert dtype == torch.float32 and not autocast, (name, dtype, autocast)
+            assert no_tf32, f'{name} ran with TF32 allowed'
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max|a - b| / max|b| (b the float32 CPU reference)."""
+    return float((a.detach().cpu().double() - b.double()).abs().max() / b.abs().max())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
+@pytest.mark.parametrize('fp16,tol', [(True, 1e-2), (False, 1e-4)])
+def test_cuda_fp16_backbone_fp32_heads_close_to_cpu(fp16, tol):
+    """Small backbone on CUDA: backbone float16 (autocast) or float32, heads and matcher float32 without TF32;
+    outputs close to the same model's float32 CPU outputs (loose with float16, the golden tolerance without)."""
+    from relpose_ros.backends.mickey import MickeyEstimator
+    from relpose_ros.types import Frame
+
+    torch.manual_seed(0)
+    cpu = MickeyModel(SMALL).eval()
+    with torch.no_grad():              # a backbone that matters (random init: LayerScale 1e-5, zero pos_embed)
+        for blk in cpu.extractor.backbone.blocks:
+            blk.ls1.gamma.fill_(0.1)
+            blk.ls2.gamma.fill_(0.1)
+        cpu.extractor.backbone.pos_embed.normal_(0.0, 0.5)
+    gpu = copy.deepcopy(cpu).to('cuda')
+    gpu.extractor.backbone_fp16 = fp16
+    images = [to_tensor(textured_image(126, 168)), to_tensor(textured_image(126, 168, dx=7, dy=3))]
+    settings = tf32_settings()
+    records, hooks = precision_probe(gpu)
+    try:
+        with torch.inference_mode():
+            g0, g1 = (gpu.extract(img.cuda()) for img in images)
+            final_gpu = gpu.match(g0, g1)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert tf32_settings() == settings                     # the scope is left as it was found
+    check_precision(records, fp16)
+    with torch.inference_mode():
+        c0, c1 = (cpu.extract(img) for img in images)
+        final_cpu = cpu.match(c0, c1)
+    for name in ('kps', 'depth', 'scores', 'desc'):
+        for g, c in ((g0, c0), (g1, c1)):
+            assert getattr(g, name).dtype == torch.float32
+            err = rel_err(getattr(g, name), getattr(c, name))
+            assert err <= tol, f'{name}: relative error {err:.3g} > {tol} (fp16 {fp16})'
+    err = rel_err(final_gpu, final_cpu)
+    assert err <= tol, f'final_scores: relative error {err:.3g} > {tol} (fp16 {fp16})'
+
+    # the backend's CUDA path: 'auto' turns the float16 backbone on, 'false' keeps float32
+    est = MickeyEstimator({'image_size': [], 'backbone_fp16': 'auto' if fp16 else 'false', 'num_sample_sets': 4,
+                           'hypotheses_per_set': 50, 'min_inliers': 0}, device='cuda', model=gpu)
+    assert est.model.extractor.backbone_fp16 is fp16
+    K = np.array([[200.0, 0, 84], [0, 200.0, 63], [0, 0, 1]])
+    records, hooks = precision_probe(gpu)
+    try:
+        ref = est.prepare_reference(Frame(textured_image(126, 168), K))
+        res = est.estimate(ref, Frame(textured_image(126, 168, dx=7, dy=3), K))
+    finally:
+        for h in hooks:
+            h.remove()
+    check_precision(records, fp16)
+    assert tf32_settings() == settings
+    assert np.all(np.isfinite(res.R)) and np.all(np.isfinite(res.t)) and (res.ok or res.reason)
 
 
 # ----------------------------------------------------------------------------- weights files

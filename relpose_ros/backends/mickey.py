@@ -5,13 +5,19 @@ the reference), dual-softmax matching, S sets of n correspondences drawn from th
 proportional to value (seeded), back-projection with the predicted metric depths, then the shared Procrustes
 RANSAC solver (:mod:`relpose_ros.solver`).
 
-Confidence published to ROS: ``min(1, soft_inliers / samples_per_set)``, the soft inlier count at
-``inlier_threshold`` (0.15 m) of the final pose over the winning set of ``samples_per_set`` (2048) sampled
-correspondences, i.e. the (soft) inlier fraction; the raw soft inlier count (MicKey's confidence, used for
-Map-free submissions) is ``PoseEstimate.score``.
+Confidence published to ROS: ``min(1, soft_inliers / n)`` with ``n = min(samples_per_set, M*N)`` the number of
+correspondences per sample set (``samples_per_set`` = 2048 unless the image pair has fewer candidate matches M*N):
+the soft inlier count at ``inlier_threshold`` (0.15 m) of the final pose over the winning set, i.e. the (soft)
+inlier fraction; the raw soft inlier count (MicKey's confidence, used for Map-free submissions) is
+``PoseEstimate.score``.
+
+A bad live frame (too small, intrinsics that do not fit the image, invalid arrays) gives ``ok = False`` with the
+reason; a bad reference raises :class:`FrameError` from ``prepare_reference`` (the node reports it and clears the
+reference). On CUDA the float32 parts run with TF32 disabled (:mod:`relpose_ros.models.mickey.precision`).
 """
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from typing import Any
 
 import cv2
@@ -21,6 +27,7 @@ import torch
 from ..errors import ConfigError, FrameError
 from ..geometry import resize_intrinsics
 from ..models.mickey.model import MIN_PATCHES, KeypointFeatures, MickeyConfig, MickeyModel
+from ..models.mickey.precision import strict_fp32
 from ..solver import SolverConfig, solve
 from ..types import Frame, PoseEstimate
 from .base import Estimator, Reference, StageTimer
@@ -201,21 +208,29 @@ class MickeyEstimator(Estimator):
         if self.device.type == 'cuda':
             torch.cuda.synchronize(self.device)
 
-    def _extract(self, frame: Frame, timer: StageTimer) -> tuple[KeypointFeatures, torch.Tensor]:
-        with timer('preprocess'):
-            image, K = self.preprocess(frame)
+    def _extract(self, image: torch.Tensor, K: torch.Tensor, timer: StageTimer
+                 ) -> tuple[KeypointFeatures, torch.Tensor]:
         with timer('extract'):
             feats = self.model.extract(image)
             points = feats.points3d(K)[0]                                      # (N,3) metres
             self._sync()
         return feats, points
 
+    def _strict_fp32(self) -> AbstractContextManager[None]:
+        """TF32 off on CUDA while this backend computes (model, sampling and solver in true float32)."""
+        return strict_fp32(self.device.type == 'cuda')
+
     # ------------------------------------------------------------------ estimator API
 
     @torch.inference_mode()
     def prepare_reference(self, frame: Frame) -> Reference:
+        """Extract and cache the reference. Raises :class:`FrameError` for a frame MicKey cannot use (too small,
+        intrinsics that do not fit the image, invalid arrays)."""
         timer = StageTimer()
-        feats, points = self._extract(frame, timer)
+        with timer('preprocess'):
+            image, K = self.preprocess(frame)
+        with self._strict_fp32():
+            feats, points = self._extract(image, K, timer)
         return Reference(frame=frame, features={'kp': feats, 'points': points,
                                                 'textureless': self._textureless(frame)},
                          timings=timer.timings)
@@ -228,13 +243,27 @@ class MickeyEstimator(Estimator):
 
     @torch.inference_mode()
     def estimate(self, reference: Reference, frame: Frame) -> PoseEstimate:
+        """Pose of ``frame`` against the cached reference. A live frame MicKey cannot use (too small, intrinsics
+        that do not fit, invalid arrays, textureless) gives ``ok = False`` with the reason, confidence 0."""
         timer = StageTimer()
         if reference.features is None or 'kp' not in reference.features:
             raise ValueError('reference was not prepared by the mickey backend')
-        for which, reason in (('reference', reference.features['textureless']), ('query', self._textureless(frame))):
-            if reason:
-                return PoseEstimate.failure(f'{which}: {reason}', timer.timings)
-        feats, points = self._extract(frame, timer)
+        if reference.features['textureless']:
+            return PoseEstimate.failure(f'reference: {reference.features["textureless"]}', timer.timings)
+        try:
+            with timer('preprocess'):
+                image, K = self.preprocess(frame)
+        except FrameError as exc:
+            return PoseEstimate.failure(f'query: bad frame: {exc}', timer.timings)
+        reason = self._textureless(frame)
+        if reason:
+            return PoseEstimate.failure(f'query: {reason}', timer.timings)
+        with self._strict_fp32():
+            return self._estimate(reference, image, K, timer)
+
+    def _estimate(self, reference: Reference, image: torch.Tensor, K: torch.Tensor, timer: StageTimer
+                  ) -> PoseEstimate:
+        feats, points = self._extract(image, K, timer)
         ref_feats, ref_points = reference.features['kp'], reference.features['points']
         with timer('match'):
             final_scores = self.model.match(ref_feats, feats)[0]              # (M,N)
@@ -251,7 +280,7 @@ class MickeyEstimator(Estimator):
             res = solve(X, Y, w, self.solver_config, triplets=triplets)
         if not res.ok:
             return PoseEstimate.failure(f'solver: {res.reason}', timer.timings)
-        n = X.shape[1]
+        n = X.shape[1]                         # confidence denominator: min(samples_per_set, M*N)
         if res.num_inliers < int(self.config['min_inliers']):
             return PoseEstimate.failure(f'too few inliers ({res.num_inliers} < min_inliers '
                                         f'{self.config["min_inliers"]})', timer.timings, score=res.score,

@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .precision import strict_fp32
+
 TEMPERATURE = 0.1
 
 
@@ -35,10 +37,12 @@ class Matcher(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.matching_mat = DualSoftmaxDustbin()
+        self.strict_fp32 = True        # CUDA: no TF32 in the similarity and score products
 
     def forward(self, desc0: torch.Tensor, desc1: torch.Tensor, scores0: torch.Tensor, scores1: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """desc (B,D,M)/(B,D,N), scores (B,1,M)/(B,1,N) -> (final_scores, match_matrix), both (B,M,N)."""
-        match = self.matching_mat(desc0, desc1)
-        kp_scores = scores0.transpose(1, 2) @ scores1                              # (B,M,N)
-        return match * kp_scores, match
+        with strict_fp32(self.strict_fp32 and desc0.is_cuda):
+            match = self.matching_mat(desc0, desc1)
+            kp_scores = scores0.transpose(1, 2) @ scores1                          # (B,M,N)
+            return match * kp_scores, match

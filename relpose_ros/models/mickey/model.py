@@ -16,6 +16,7 @@ from torch import nn
 from ...errors import FrameError
 from .heads import BORDER, Head, ScoreHead
 from .matcher import Matcher
+from .precision import strict_fp32
 from .vit import VIT_CONFIGS, DinoVisionTransformer
 
 MIN_PATCHES = 2 * BORDER + 1      # 7 patches a side: at least one cell survives the score border
@@ -79,6 +80,7 @@ class MickeyExtractor(nn.Module):
         self.dsc_head = Head(dim, None)
         self.patch = self.backbone.patch_size
         self.backbone_fp16 = False     # autocast the backbone to float16 (CUDA only); heads stay float32
+        self.strict_fp32 = True        # CUDA: float32 work really in float32 (TF32 off while the model runs)
         if config.freeze_backbone:
             self.backbone.requires_grad_(False)
 
@@ -89,18 +91,26 @@ class MickeyExtractor(nn.Module):
         return self
 
     def backbone_features(self, image: torch.Tensor) -> torch.Tensor:
-        """(B,3,H,W) -> patch-token map (B,C,h,w) in float32, after the top-left crop."""
+        """(B,3,H,W) -> patch-token map (B,C,h,w) in float32, after the top-left crop.
+
+        On CUDA the backbone runs in float16 autocast when ``backbone_fp16`` is set, otherwise in strict float32
+        (no TF32, see :mod:`.precision`).
+        """
         x = crop_to_patches(image, self.patch)
         use_fp16 = self.backbone_fp16 and x.is_cuda
         ctx = torch.autocast('cuda', dtype=torch.float16) if use_fp16 else nullcontext()
         grad = torch.no_grad() if self.config.freeze_backbone and torch.is_grad_enabled() else nullcontext()
-        with ctx, grad:
+        with strict_fp32(self.strict_fp32 and x.is_cuda), ctx, grad:
             feats = self.backbone(x)
         return feats.float()
 
     def head_maps(self, feats: torch.Tensor) -> dict[str, torch.Tensor]:
         """Patch-token map (B,C,h,w) -> maps score (B,1,h,w), offset (B,2,h,w), depth (B,1,h,w),
-        desc (B,D,h,w) and keypoints kps (B,2,h,w) in pixels."""
+        desc (B,D,h,w) and keypoints kps (B,2,h,w) in pixels. Always float32 (no autocast; no TF32 on CUDA)."""
+        with strict_fp32(self.strict_fp32 and feats.is_cuda):
+            return self._head_maps(feats)
+
+    def _head_maps(self, feats: torch.Tensor) -> dict[str, torch.Tensor]:
         score = self.det_head.normalise(self.det_head(feats))
         offset = torch.sigmoid(self.det_offset(feats))                      # (x, y) in (0,1)
         depth = self.depth_head(feats)                                       # metres, no activation
