@@ -129,3 +129,17 @@ def test_centre_term_is_the_camera_centre_error_and_off_in_the_paper_loss():
     # a shorter prediction in a wrong direction costs less centre error: the term pulls towards the reference
     shorter = pose_loss(q, d, torch.tensor([0.1]), q, t_gt)
     assert float(shorter['centre']) < float(paper['centre'])
+
+
+def test_head_dropout_is_training_only_and_adds_no_weights():
+    torch.manual_seed(0)
+    plain, dropped = RegressionModel(SMALL), RegressionModel({**SMALL, 'head_dropout': 0.5})
+    assert set(plain.state_dict()) == set(dropped.state_dict())      # checkpoints stay interchangeable
+    dropped.load_state_dict(plain.state_dict())
+    g = torch.rand(2, 1, 32, 48)
+    plain.eval(), dropped.eval()
+    with torch.no_grad():
+        assert torch.allclose(plain(g, g)['scale'], dropped(g, g)['scale'])       # inference: no dropout
+        dropped.head.train()
+        a, b = dropped(g, g)['scale'], dropped(g, g)['scale']
+    assert not torch.allclose(a, b)                                            # training: random masks

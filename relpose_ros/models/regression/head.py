@@ -1,7 +1,7 @@
 """Pose regression head (paper, Sec. 3.3 and App. B): PreAct ResNet blocks, then three MLPs.
 
 Correspondence map (B, 2C+5, h, w) -> 1x1 projection -> PreAct blocks (stride 2) -> adaptive average pool to
-3x3 (any input size) -> flattened 128*9 = 1152 vector -> MLPs for the quaternion (4, normalised), the unit
+3x3 (any input size) -> flattened 128*9 = 1152 vector (optional dropout, not in the paper) -> MLPs for the quaternion (4, normalised), the unit
 translation direction (3, normalised) and the positive scale (1, softplus).
 """
 from __future__ import annotations
@@ -39,8 +39,9 @@ class PoseHead(nn.Module):
     """(B, c_in, h, w) correspondence map -> quaternion (B, 4), direction (B, 3), scale (B,)."""
 
     def __init__(self, c_in: int, channels: tuple[int, ...] = (256, 256, 128), pool: int = 3,
-                 mlp_hidden: int = 256) -> None:
+                 mlp_hidden: int = 256, dropout: float = 0.0) -> None:
         super().__init__()
+        self.dropout = float(dropout)   # on the pooled features, training only (no parameters)
         self.proj = nn.Conv2d(c_in, channels[0], 1)
         blocks, c = [], channels[0]
         for c_out in channels:
@@ -59,6 +60,7 @@ class PoseHead(nn.Module):
     def forward(self, cmap: torch.Tensor) -> dict[str, torch.Tensor]:
         x = self.blocks(self.proj(cmap))                     # (B, c, h/8, w/8)
         x = self.pool(F.relu(self.bn_out(x))).flatten(1)     # (B, 1152)
+        x = F.dropout(x, self.dropout, self.training)
         q = F.normalize(self.rot(x), dim=1)                  # (B, 4) unit quaternion (w, x, y, z)
         d = F.normalize(self.dir(x), dim=1, eps=1e-6)        # (B, 3) unit direction
         s = F.softplus(self.scale(x)).squeeze(1)             # (B,)  scale > 0

@@ -29,6 +29,7 @@ DEFAULT_MODEL_CONFIG: dict[str, Any] = {
     'head_channels': [256, 256, 128],
     'head_pool': 3,             # 128 channels x 3 x 3 = 1152 features, as in the paper
     'mlp_hidden': 256,
+    'head_dropout': 0.0,        # dropout on the head's pooled features while training (the paper has none)
     'unfreeze_loftr': 'none',   # none | transformer | all
     'confidence': 'mutual',     # mutual | softmax | mutual_softmax (see matching.match_confidence)
 }
@@ -57,7 +58,7 @@ class RegressionModel(nn.Module):
         self.loftr = LoFTRCoarse(self.config['loftr_weights'], seed=int(self.config['loftr_seed']))
         c = self.loftr.dim
         self.head = PoseHead(2 * c + 5, tuple(self.config['head_channels']), int(self.config['head_pool']),
-                             int(self.config['mlp_hidden']))
+                             int(self.config['mlp_hidden']), float(self.config['head_dropout']))
         self._set_trainable()
 
     def _set_trainable(self) -> None:
