@@ -143,3 +143,25 @@ def test_head_dropout_is_training_only_and_adds_no_weights():
         dropped.head.train()
         a, b = dropped(g, g)['scale'], dropped(g, g)['scale']
     assert not torch.allclose(a, b)                                            # training: random masks
+
+
+def test_subcell_positions_refine_the_hard_match():
+    from relpose_ros.models.regression.matching import subcell_positions
+    h, w = 3, 4
+    grid = normalised_grid(h, w)
+    prob = torch.zeros(1, 3, h * w)
+    prob[0, 0, 5] = 1.0                          # peaked: exactly the matched cell (row 1, col 1)
+    prob[0, 1, 5], prob[0, 1, 6] = 0.5, 0.5      # split between two neighbours: half-way
+    prob[0, 2, 0], prob[0, 2, 11] = 0.6, 0.4     # the far cell (not a 3x3 neighbour) is ignored
+    match = torch.tensor([[5, 5, 0]])
+    pos = subcell_positions(prob, match, h, w, grid)[0]
+    assert torch.allclose(pos[0], grid[5])
+    assert torch.allclose(pos[1], (grid[5] + grid[6]) / 2)
+    assert torch.allclose(pos[2], grid[0])       # corner cell: out-of-map neighbours left out
+    # through the model: the map's warped-position channels change, the rest does not
+    tok_a, tok_b = torch.randn(1, 6, 8), torch.randn(1, 12, 8)
+    hard, _ = hard_match_and_warp(tok_a, tok_b, (2, 3), (h, w), temperature=1.0)
+    soft, _ = hard_match_and_warp(tok_a, tok_b, (2, 3), (h, w), temperature=1.0, subcell=True)
+    c = 8
+    keep = [i for i in range(2 * c + 5) if i not in (2 * c + 2, 2 * c + 3)]
+    assert torch.equal(hard[:, keep], soft[:, keep]) and not torch.allclose(hard, soft)

@@ -18,12 +18,33 @@ def normalised_grid(h: int, w: int, device=None, dtype=torch.float32) -> torch.T
     return torch.stack([gx, gy], dim=-1).reshape(-1, 2)
 
 
+def subcell_positions(prob: torch.Tensor, match: torch.Tensor, h: int, w: int, grid: torch.Tensor) -> torch.Tensor:
+    """(B, Na, 2) expected position of each match over the 3x3 cells around it, weighted by ``prob``.
+
+    prob: (B, Na, Nb) matching softmax, match: (B, Na) argmax cell, grid: (Nb, 2) normalised cell positions.
+    Refines the hard match below one cell (the same idea as a local soft-argmax); cells outside the map
+    are left out.
+    """
+    off = torch.tensor([-1, 0, 1], device=match.device)
+    dy, dx = torch.meshgrid(off, off, indexing='ij')
+    row = (match // w)[..., None] + dy.reshape(-1)                                # (B, Na, 9)
+    col = (match % w)[..., None] + dx.reshape(-1)
+    inside = (row >= 0) & (row < h) & (col >= 0) & (col < w)
+    idx = (row.clamp(0, h - 1) * w + col.clamp(0, w - 1))                          # (B, Na, 9)
+    wgt = prob.gather(2, idx) * inside                                             # (B, Na, 9)
+    wgt = wgt / wgt.sum(dim=2, keepdim=True).clamp(min=1e-12)
+    return (wgt[..., None] * grid[idx]).sum(dim=2)                                 # (B, Na, 2)
+
+
 def hard_match_and_warp(tok_a: torch.Tensor, tok_b: torch.Tensor, hw_a: tuple[int, int], hw_b: tuple[int, int],
-                        temperature: float = 0.1) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                        temperature: float = 0.1, subcell: bool = False
+                        ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Correspondence map of image A's cells and per-cell match statistics.
 
     tok_a: (B, Na, C), tok_b: (B, Nb, C) transformer outputs. Returns the map (B, 2C+5, hA, wA) and
     ``{'softmax_conf': (B, Na), 'mutual': (B, Na) bool (forward/backward argmax agree within one cell)}``.
+    ``subcell``: the warped position is refined below one cell (:func:`subcell_positions`; not in the paper,
+    which uses the matched cell's position); the warped feature is always the hard match's.
     """
     bsz, n_a, c = tok_a.shape
     (h_a, w_a), (h_b, w_b) = hw_a, hw_b
@@ -34,7 +55,7 @@ def hard_match_and_warp(tok_a: torch.Tensor, tok_b: torch.Tensor, hw_a: tuple[in
     warped = tok_b.gather(1, match[..., None].expand(-1, -1, c))               # (B, Na, C) f_B,m(i)
     pos_a = normalised_grid(h_a, w_a, tok_a.device, tok_a.dtype).expand(bsz, -1, -1)   # (B, Na, 2)
     grid_b = normalised_grid(h_b, w_b, tok_a.device, tok_a.dtype)                      # (Nb, 2)
-    pos_b = grid_b[match]                                                              # (B, Na, 2)
+    pos_b = (subcell_positions(prob, match, h_b, w_b, grid_b) if subcell else grid_b[match])  # (B, Na, 2)
     cmap = torch.cat([tok_a, pos_a, warped, pos_b, conf[..., None]], dim=2)           # (B, Na, 2C+5)
     cmap = cmap.transpose(1, 2).reshape(bsz, 2 * c + 5, h_a, w_a)
     with torch.no_grad():

@@ -29,7 +29,8 @@ DEFAULT_MODEL_CONFIG: dict[str, Any] = {
     'head_channels': [256, 256, 128],
     'head_pool': 3,             # 128 channels x 3 x 3 = 1152 features, as in the paper
     'mlp_hidden': 256,
-    'head_dropout': 0.0,        # dropout on the head's pooled features while training (the paper has none)
+    'head_dropout': 0.0,
+    'subcell_positions': False,  # refine the warped positions below one cell (local soft-argmax; not in the paper)        # dropout on the head's pooled features while training (the paper has none)
     'unfreeze_loftr': 'none',   # none | transformer | all
     'confidence': 'mutual',     # mutual | softmax | mutual_softmax (see matching.match_confidence)
 }
@@ -93,7 +94,8 @@ class RegressionModel(nn.Module):
         else:
             tok_q, tok_r = self.loftr.attend(feat_q, feat_r)
         cmap, stats = hard_match_and_warp(tok_q, tok_r, tuple(feat_q.shape[2:]), tuple(feat_r.shape[2:]),
-                                          float(self.config['temperature']))
+                                          float(self.config['temperature']),
+                                          bool(self.config['subcell_positions']))
         out = self.head(cmap)
         out['confidence'] = match_confidence(stats, self.config['confidence'])
         out['mutual_fraction'] = stats['mutual'].float().mean(dim=1)
