@@ -165,3 +165,21 @@ def test_subcell_positions_refine_the_hard_match():
     c = 8
     keep = [i for i in range(2 * c + 5) if i not in (2 * c + 2, 2 * c + 3)]
     assert torch.equal(hard[:, keep], soft[:, keep]) and not torch.allclose(hard, soft)
+
+
+def test_geometry_only_head_ignores_the_features():
+    torch.manual_seed(0)
+    m = RegressionModel({**SMALL, 'appearance_channels': False}).eval()
+    c = m.loftr.dim
+    cmap = torch.randn(2, 2 * c + 5, 4, 6)
+    other = cmap.clone()
+    other[:, :c] = torch.randn(2, c, 4, 6)                      # other query features
+    other[:, c + 2:2 * c + 2] = torch.randn(2, c, 4, 6)         # other warped reference features
+    with torch.no_grad():
+        a, b = m.head(m.head_input(cmap)), m.head(m.head_input(other))
+        assert torch.equal(a['dir'], b['dir']) and torch.equal(a['scale'], b['scale'])
+        moved = cmap.clone()
+        moved[:, 2 * c + 2:2 * c + 4] += 0.3                    # other warped positions: another pose
+        assert not torch.allclose(m.head(m.head_input(moved))['dir'], a['dir'])
+    full = RegressionModel(SMALL).eval()
+    assert torch.equal(full.head_input(cmap), cmap)            # the paper's map is untouched by default

@@ -30,7 +30,8 @@ DEFAULT_MODEL_CONFIG: dict[str, Any] = {
     'head_pool': 3,             # 128 channels x 3 x 3 = 1152 features, as in the paper
     'mlp_hidden': 256,
     'head_dropout': 0.0,
-    'subcell_positions': False,  # refine the warped positions below one cell (local soft-argmax; not in the paper)        # dropout on the head's pooled features while training (the paper has none)
+    'subcell_positions': False,
+    'appearance_channels': True,  # False: the head sees only positions + confidence (feature channels zeroed)  # refine the warped positions below one cell (local soft-argmax; not in the paper)        # dropout on the head's pooled features while training (the paper has none)
     'unfreeze_loftr': 'none',   # none | transformer | all
     'confidence': 'mutual',     # mutual | softmax | mutual_softmax (see matching.match_confidence)
 }
@@ -96,11 +97,22 @@ class RegressionModel(nn.Module):
         cmap, stats = hard_match_and_warp(tok_q, tok_r, tuple(feat_q.shape[2:]), tuple(feat_r.shape[2:]),
                                           float(self.config['temperature']),
                                           bool(self.config['subcell_positions']))
-        out = self.head(cmap)
+        out = self.head(self.head_input(cmap))
         out['confidence'] = match_confidence(stats, self.config['confidence'])
         out['mutual_fraction'] = stats['mutual'].float().mean(dim=1)
         out['softmax_conf'] = stats['softmax_conf'].mean(dim=1)
         return out
+
+    def head_input(self, cmap: torch.Tensor) -> torch.Tensor:
+        """The correspondence map as the head sees it: all of it, or (``appearance_channels: false``) only
+        p_q, p_r and the confidence, with f_q and the warped f_r zeroed (same head shapes, same checkpoints)."""
+        if self.config['appearance_channels']:
+            return cmap
+        c = (cmap.shape[1] - 5) // 2
+        mask = torch.zeros(1, cmap.shape[1], 1, 1, dtype=cmap.dtype, device=cmap.device)
+        mask[:, c:c + 2] = 1.0
+        mask[:, 2 * c + 2:] = 1.0
+        return cmap * mask
 
     def forward(self, gray_q: torch.Tensor, gray_r: torch.Tensor) -> dict[str, torch.Tensor]:
         """Pose of the query camera in the reference frame from two (B, 1, H, W) grayscale images."""
