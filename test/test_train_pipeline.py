@@ -162,3 +162,15 @@ def test_training_with_mirror_cache_and_centre_loss(tmp_path, synthetic):
     assert len(module._feature_cache) == 2 * n_train + n_val     # every training item came from the cache
     with pytest.raises(ConfigError, match='bogus'):
         train_config({'loss': {'bogus': 1.0}})
+
+
+@pytest.mark.parametrize('name', ['7scenes_cpu', '7scenes_cpu_matching', '7scenes_cpu_geometry', '7scenes_gpu'])
+def test_shipped_training_configs_load(name):
+    from pathlib import Path
+    from relpose_ros.train.config import load_train_config
+    path = Path(__file__).resolve().parents[1] / 'config' / 'train' / f'{name}.yaml'
+    cfg = load_train_config(path)
+    assert cfg['data']['train'] and cfg['data']['val']
+    if name == '7scenes_cpu_geometry':
+        assert cfg['model']['subcell_positions'] and not cfg['model']['appearance_channels']
+        assert cfg['loss']['centre'] == 1.0 and cfg['pretrain_matching']['steps'] > 0
