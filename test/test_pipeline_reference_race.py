@@ -37,6 +37,28 @@ class GatedEstimator(ConstantEstimator):
         return super().estimate(reference, frame)
 
 
+class SlowPrepareEstimator(ConstantEstimator):
+    """``prepare_reference`` of the frame 'ref_1' signals that it started, then waits for the gate."""
+
+    def __init__(self) -> None:
+        super().__init__(device='cpu')
+        self.started = threading.Event()
+        self.gate = threading.Event()
+
+    def prepare_reference(self, frame):
+        if frame.frame_id == 'ref_1':
+            self.started.set()
+            assert self.gate.wait(10), 'test never opened the gate'
+        return super().prepare_reference(frame)
+
+
+def _slow_prepare_pipeline():
+    """(pipeline, gate, started, results) around a :class:`SlowPrepareEstimator`; not started yet."""
+    est, results = SlowPrepareEstimator(), []
+    p = RelocalizationPipeline(est, lambda live, e, ref: results.append((live.stamp_ns, ref.frame_id)))
+    return p, est.gate, est.started, results
+
+
 @pytest.fixture
 def pipeline():
     results: list[tuple[int, str]] = []  # (live stamp, reference frame_id) of every delivered result
@@ -107,17 +129,7 @@ def test_an_unchanged_reference_still_delivers_the_slow_estimate(pipeline):
 def test_a_reference_replaced_while_it_is_prepared_is_still_taken_then_replaced():
     """A reference re-sent while a slow prepare_reference runs (a replay tool re-sending until the node reports it)
     must not starve the prepare: each one is installed in turn, the last one wins."""
-    gate, started = threading.Event(), threading.Event()
-    results: list[tuple[int, str]] = []
-
-    class SlowPrepare(ConstantEstimator):
-        def prepare_reference(self, frame):
-            if frame.frame_id == 'ref_1':
-                started.set()
-                assert gate.wait(10)
-            return super().prepare_reference(frame)
-    p = RelocalizationPipeline(SlowPrepare(device='cpu'), lambda live, e, ref: results.append((live.stamp_ns,
-                                                                                              ref.frame_id)))
+    p, gate, started, results = _slow_prepare_pipeline()
     p.start()
     try:
         p.submit_reference(_frame(frame_id='ref_1'))
@@ -136,17 +148,7 @@ def test_a_reference_replaced_while_it_is_prepared_is_still_taken_then_replaced(
 def test_a_frame_waiting_behind_a_superseded_reference_is_stale():
     """Live frame and reference taken together; the reference is replaced during its prepare: the frame is not
     estimated against the superseded reference (nothing delivered), the newer reference then takes over."""
-    gate, started = threading.Event(), threading.Event()
-    results: list[tuple[int, str]] = []
-
-    class SlowPrepare(ConstantEstimator):
-        def prepare_reference(self, frame):
-            if frame.frame_id == 'ref_1':
-                started.set()
-                assert gate.wait(10)
-            return super().prepare_reference(frame)
-    p = RelocalizationPipeline(SlowPrepare(device='cpu'), lambda live, e, ref: results.append((live.stamp_ns,
-                                                                                              ref.frame_id)))
+    p, gate, started, results = _slow_prepare_pipeline()
     p.submit_reference(_frame(frame_id='ref_1'))
     p.submit_live(_frame(1))
     p.start()  # the worker takes both at once

@@ -1,8 +1,8 @@
 """Pose regression head (paper, Sec. 3.3 and App. B): PreAct ResNet blocks, then three MLPs.
 
 Correspondence map (B, 2C+5, h, w) -> 1x1 projection -> PreAct blocks (stride 2) -> adaptive average pool to
-3x3 (any input size) -> flattened 128*9 = 1152 vector (optional dropout, not in the paper) -> MLPs for the quaternion (4, normalised), the unit
-translation direction (3, normalised) and the positive scale (1, softplus).
+3x3 (any input size) -> flattened 128*9 = 1152 vector (optional dropout, not in the paper) -> MLPs for the
+quaternion (4, normalised), the unit translation direction (3, normalised) and the positive scale (1, softplus).
 """
 from __future__ import annotations
 

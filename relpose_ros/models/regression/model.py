@@ -29,9 +29,9 @@ DEFAULT_MODEL_CONFIG: dict[str, Any] = {
     'head_channels': [256, 256, 128],
     'head_pool': 3,             # 128 channels x 3 x 3 = 1152 features, as in the paper
     'mlp_hidden': 256,
-    'head_dropout': 0.0,
-    'subcell_positions': False,
-    'appearance_channels': True,  # False: the head sees only positions + confidence (feature channels zeroed)  # refine the warped positions below one cell (local soft-argmax; not in the paper)        # dropout on the head's pooled features while training (the paper has none)
+    'head_dropout': 0.0,        # dropout on the head's pooled features while training (the paper has none)
+    'subcell_positions': False,  # refine the warped positions below one cell (local soft-argmax; not in the paper)
+    'appearance_channels': True,  # False: the head sees only positions + confidence (feature channels zeroed)
     'unfreeze_loftr': 'none',   # none | transformer | all
     'confidence': 'mutual',     # mutual | softmax | mutual_softmax (see matching.match_confidence)
 }
