@@ -164,7 +164,8 @@ def test_training_with_mirror_cache_and_centre_loss(tmp_path, synthetic):
         train_config({'loss': {'bogus': 1.0}})
 
 
-@pytest.mark.parametrize('name', ['7scenes_cpu', '7scenes_cpu_matching', '7scenes_cpu_geometry', '7scenes_gpu'])
+@pytest.mark.parametrize('name', ['7scenes_cpu', '7scenes_cpu_matching', '7scenes_cpu_geometry',
+                                  '7scenes_cpu_calibrated', '7scenes_gpu'])
 def test_shipped_training_configs_load(name):
     from pathlib import Path
     from relpose_ros.train.config import load_train_config
@@ -174,3 +175,62 @@ def test_shipped_training_configs_load(name):
     if name == '7scenes_cpu_geometry':
         assert cfg['model']['subcell_positions'] and not cfg['model']['appearance_channels']
         assert cfg['loss']['centre'] == 1.0 and cfg['pretrain_matching']['steps'] > 0
+    if name == '7scenes_cpu_calibrated':               # calibration frames lie between training and validation
+        train, calib, val = (cfg['data'][k][0]['frames'] for k in ('train', 'calib', 'val'))
+        assert train[1] <= calib[0] and calib[1] <= val[0] and cfg['train']['scale_calibration'] == 'scalar'
+
+
+def test_scale_calibration_least_squares_fits():
+    from relpose_ros.models.regression.calibration import calibration_factor, fit_scale_calibration
+    rng = np.random.default_rng(0)
+    c = rng.normal(size=(50, 3))
+    d = c / np.linalg.norm(c, axis=1, keepdims=True)
+    k = rng.uniform(size=50)
+    s_true = np.linalg.norm(c, axis=1)
+    a, b = fit_scale_calibration(2.0 * s_true, d, k, c, 'scalar')      # twice too large -> halve it
+    assert (a, b) == (pytest.approx(0.5), 0.0)
+    factor = 0.2 + 0.6 * k                                            # right scale needs 1 / (0.2 + 0.6 k)
+    a, b = fit_scale_calibration(s_true / factor, d, k, c, 'confidence')
+    assert (a, b) == (pytest.approx(0.2), pytest.approx(0.6))
+    assert fit_scale_calibration(s_true, -d, k, c, 'scalar') == (0.0, 0.0)   # opposite directions: shrink to 0
+    assert fit_scale_calibration(s_true, d, k, c, 'none') == (1.0, 0.0)
+    got = calibration_factor(torch.tensor([0.2, -1.0]), torch.tensor([0.0, 0.1, 0.5]))
+    assert torch.allclose(got, torch.tensor([0.2, 0.1, 0.0]))           # never negative
+    with pytest.raises(ValueError, match='scale calibration'):
+        fit_scale_calibration(s_true, d, k, c, 'median')
+
+
+def test_scale_calibration_is_fitted_on_the_calib_pairs_and_carried_by_the_checkpoint(tmp_path, synthetic):
+    from relpose_ros.backends import create
+    from relpose_ros.models.regression.calibration import fit_scale_calibration
+    with pytest.raises(ConfigError, match='data.calib'):
+        train_config({'train': {'scale_calibration': 'scalar'}})
+    with pytest.raises(ConfigError, match='scale_calibration must be one of'):
+        train_config({'train': {'scale_calibration': 'huber'}})
+    seqs = synthetic          # calibration on the training frames here: this checks the wiring, not generalisation
+    cfg = tiny_config(tmp_path, max_steps=12, max_epochs=10, cache_backbone=True)
+    cfg['data']['pairs_per_epoch'] = 48
+    cfg['data']['calib'] = [{'dataset': 'synthetic:a'}]
+    cfg['train']['scale_calibration'] = 'scalar'
+    cfg = train_config(cfg)
+    summary = fit(cfg, sequences=seqs)
+    row = summary['final']
+    module_a = row['calib_a']
+    assert module_a > 0 and row['calib_b'] == 0.0 and module_a != pytest.approx(1.0)
+    assert 'raw_centre_med_m' in row and row['centre_med_m'] != row['raw_centre_med_m']
+
+    # the checkpoint's buffer is the fit on the calibration pairs (recomputed here from the backend's raw outputs)
+    ckpt = tmp_path / 'checkpoints' / 'last.ckpt'
+    est = create('regression', {'checkpoint': str(ckpt)}, device='cpu')
+    model = est.model
+    assert float(model.scale_calibration[0]) == pytest.approx(module_a, rel=1e-5)
+    dm, _, _ = prepare(cfg, seqs)
+    rows = []
+    with torch.no_grad():
+        for batch in dm.calib_dataloader():
+            out = model(batch['gray_q'], batch['gray_r'])
+            assert torch.allclose(out['scale'], module_a * out['scale_raw'], rtol=1e-5)
+            rows.append([out['scale_raw'].numpy(), out['dir'].numpy(), out['confidence'].numpy(),
+                         batch['t_gt'].numpy()])
+    refit = fit_scale_calibration(*[np.concatenate(col) for col in zip(*rows)], mode='scalar')
+    assert refit[0] == pytest.approx(module_a, rel=1e-4)

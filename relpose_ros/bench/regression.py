@@ -53,7 +53,7 @@ def _train_step_time(size, batch: int, steps: int, unfreeze: str, device) -> dic
     for i in range(steps + 1):
         t0 = time.perf_counter()
         out = model(gq, gr)
-        loss = pose_loss(out['quat'], out['dir'], out['scale'], q_gt, t_gt)['loss']
+        loss = pose_loss(out['quat'], out['dir'], out['scale_raw'], q_gt, t_gt)['loss']
         opt.zero_grad()
         loss.backward()
         opt.step()

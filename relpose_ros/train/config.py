@@ -19,6 +19,9 @@ DEFAULT_TRAIN_CONFIG: dict[str, Any] = {
     'data': {
         'train': [],            # list of {dataset: 'FORMAT:PATH', frames: [start, stop(, step)] | null}
         'val': [],
+        # held-out pairs for the scale calibration (train.scale_calibration); never trained on
+        'calib': [],
+        'calib_num_pairs': 400,
         'pairs': {'mode': 'gap', 'min_gap': 5, 'max_gap': 40, 'min_overlap': 0.3, 'max_overlap': 0.95},
         'pairs_per_epoch': 1000,
         'val_num_pairs': 200,
@@ -51,6 +54,9 @@ DEFAULT_TRAIN_CONFIG: dict[str, Any] = {
         'log_every_n_steps': 10,
         'progress_bar': True,
         'num_threads': None,    # torch CPU threads
+        # none | scalar | confidence: after every validation, fit the centre's scale factor on data.calib
+        # (models/regression/calibration.py); the checkpoint carries it
+        'scale_calibration': 'none',
     },
 }
 
@@ -60,7 +66,7 @@ def train_config(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     overrides = dict(overrides or {})
     cfg = merge_config(DEFAULT_TRAIN_CONFIG, overrides, 'train config')
     cfg['model'] = model_config(cfg['model'])
-    for key in ('train', 'val'):
+    for key in ('train', 'val', 'calib'):
         for src in cfg['data'][key]:
             if not isinstance(src, Mapping) or 'dataset' not in src or set(src) - {'dataset', 'frames'}:
                 raise ConfigError(f"data.{key} entries must be {{dataset: 'FORMAT:PATH', frames: [start, stop]}}, "
@@ -69,6 +75,12 @@ def train_config(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
         raise ConfigError('train.cache_backbone needs data.augment: false (augmented images have other features)')
     if cfg['train']['cache_backbone'] and cfg['model']['unfreeze_loftr'] == 'all':
         raise ConfigError('train.cache_backbone needs a frozen LoFTR backbone (model.unfreeze_loftr != all)')
+    from ..models.regression.calibration import CALIBRATION_MODES
+    mode = cfg['train']['scale_calibration']
+    if mode not in CALIBRATION_MODES:
+        raise ConfigError(f'train.scale_calibration must be one of {CALIBRATION_MODES}, got {mode!r}')
+    if mode != 'none' and not cfg['data']['calib']:
+        raise ConfigError(f'train.scale_calibration: {mode} needs held-out pairs: data.calib lists no datasets')
     from .matching import check_config
     check_config(cfg['pretrain_matching'])
     return cfg

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ..models.regression import RegressionModel, pose_loss
+from ..models.regression.calibration import calibration_factor, fit_scale_calibration
 from . import data as D
 from .metrics import batch_errors, summarize
 
@@ -39,6 +40,8 @@ class PairDataModule(L.LightningDataModule):
         self.sequences = dict(sequences or {})
         self.train_scenes: list[D.LoadedScene] = []
         self.val_scenes: list[D.LoadedScene] = []
+        self.calib_scenes: list[D.LoadedScene] = []
+        self.calib_pairs: np.ndarray | None = None
         self.trivial: dict[str, float] | None = None
 
     def _load(self, sources, first_id: int) -> list[D.LoadedScene]:
@@ -62,6 +65,10 @@ class PairDataModule(L.LightningDataModule):
         self.train_scenes = self._load(d['train'], 0)
         n_train = sum(len(s.poses) for s in self.train_scenes)
         self.val_scenes = self._load(d['val'], n_train) if d['val'] else []
+        n_val = sum(len(s.poses) for s in self.val_scenes)
+        self.calib_scenes = self._load(d['calib'], n_train + n_val) if d['calib'] else []
+        self.calib_pairs = (D.fixed_subset(D.build_pairs(self.calib_scenes, d['pairs']), d['calib_num_pairs'],
+                                           self.cfg['seed']) if self.calib_scenes else None)
         self.train_pairs = D.build_pairs(self.train_scenes, d['pairs'])
         self.val_pairs = (D.fixed_subset(D.build_pairs(self.val_scenes, d['pairs']), d['val_num_pairs'],
                                          self.cfg['seed']) if self.val_scenes else None)
@@ -91,6 +98,13 @@ class PairDataModule(L.LightningDataModule):
         sampler = D.SceneBalancedSampler(dataset.scene_of_item(), d['pairs_per_epoch'], self.cfg['seed'])
         return D.make_loader(dataset, d['batch_size'], sampler=sampler,
                              num_workers=d['num_workers'], drop_last=len(dataset) > d['batch_size'])
+
+    def calib_dataloader(self):
+        """The held-out calibration pairs (fixed), or None."""
+        if self.calib_pairs is None:
+            return None
+        return D.make_loader(D.PairDataset(self.calib_scenes, self.calib_pairs), self.cfg['data']['batch_size'],
+                             num_workers=self.cfg['data']['num_workers'])
 
     def val_dataloader(self):
         if self.val_pairs is None:
@@ -155,7 +169,7 @@ class RegressionLitModule(L.LightningModule):
     # ------------------------------------------------------------------ training / validation
     def training_step(self, batch, batch_idx):
         out = self._run(batch, augment=True)
-        terms = pose_loss(out['quat'].float(), out['dir'].float(), out['scale'].float(), batch['quat_gt'],
+        terms = pose_loss(out['quat'].float(), out['dir'].float(), out['scale_raw'].float(), batch['quat_gt'],
                           batch['t_gt'], weights=self.cfg['loss'])
         bs = batch['gray_q'].shape[0]
         self.log('train/loss', terms['loss'], prog_bar=True, batch_size=bs)
@@ -166,21 +180,59 @@ class RegressionLitModule(L.LightningModule):
     def validation_step(self, batch, batch_idx):
         out = self._run(batch, augment=False)
         out = {k: v.float() for k, v in out.items()}
-        terms = pose_loss(out['quat'], out['dir'], out['scale'], batch['quat_gt'], batch['t_gt'],
+        terms = pose_loss(out['quat'], out['dir'], out['scale_raw'], batch['quat_gt'], batch['t_gt'],
                           weights=self.cfg['loss'])
         self.log('val/loss', terms['loss'], batch_size=batch['gray_q'].shape[0], sync_dist=True)
-        errs = batch_errors(out, batch['quat_gt'], batch['t_gt'])
-        errs.update(confidence=out['confidence'], mutual=out['mutual_fraction'], softmax=out['softmax_conf'])
-        self._val_outputs.append({k: v.detach().cpu().numpy() for k, v in errs.items()})
+        keep = {k: out[k] for k in ('quat', 'dir', 'scale_raw', 'confidence')}
+        keep.update(mutual=out['mutual_fraction'], softmax=out['softmax_conf'], quat_gt=batch['quat_gt'],
+                    t_gt=batch['t_gt'])
+        self._val_outputs.append({k: v.detach().cpu().numpy() for k, v in keep.items()})
+
+    @torch.no_grad()
+    def calibrate_scale(self) -> tuple[float, float] | None:
+        """Fit (a, b) of ``train.scale_calibration`` on the held-out calibration pairs and store them in the
+        model's ``scale_calibration`` buffer; None when calibration is off."""
+        mode = self.cfg['train']['scale_calibration']
+        dm = getattr(self.trainer, 'datamodule', None) if self._trainer is not None else None
+        loader = dm.calib_dataloader() if mode != 'none' and dm is not None else None
+        if loader is None:
+            return None
+        was_training = self.training
+        self.model.eval()
+        rows = []
+        for batch in loader:
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            out = self._run(batch, augment=False)
+            rows.append([out['scale_raw'].float().cpu().numpy(), out['dir'].float().cpu().numpy(),
+                         out['confidence'].float().cpu().numpy(), batch['t_gt'].cpu().numpy()])
+        self.model.train(was_training)
+        a, b = fit_scale_calibration(*[np.concatenate(col) for col in zip(*rows)], mode=mode)
+        self.model.scale_calibration.copy_(torch.tensor([a, b]))
+        return a, b
 
     def on_validation_epoch_end(self) -> None:
         if not self._val_outputs:
             return
         cat = {k: np.concatenate([o[k] for o in self._val_outputs]) for k in self._val_outputs[0]}
         self._val_outputs.clear()
-        summary = summarize(cat, cat['confidence'])
+        calibration = self.calibrate_scale()
+        factor = calibration_factor(self.model.scale_calibration.cpu().double(),
+                                    torch.from_numpy(cat['confidence']).double()).numpy()
+        gt = torch.from_numpy(cat['quat_gt']), torch.from_numpy(cat['t_gt'])
+
+        def errors(scale: np.ndarray) -> dict[str, np.ndarray]:
+            out = {'quat': torch.from_numpy(cat['quat']), 'dir': torch.from_numpy(cat['dir']),
+                   'scale': torch.from_numpy(scale.astype(np.float32))}
+            return {k: v.numpy() for k, v in batch_errors(out, *gt).items()}
+
+        calibrated = errors(cat['scale_raw'] * factor)
+        summary = summarize(calibrated, cat['confidence'])
         for kind in ('mutual', 'softmax'):
-            summary[f'spearman_{kind}_centre'] = summarize(cat, cat[kind])['spearman_conf_centre']
+            summary[f'spearman_{kind}_centre'] = summarize(calibrated, cat[kind])['spearman_conf_centre']
+        if calibration is not None:
+            raw = summarize(errors(cat['scale_raw']))
+            summary.update(raw_centre_med_m=raw['centre_med_m'], raw_prec_25cm_5deg=raw['prec_25cm_5deg'],
+                           calib_a=calibration[0], calib_b=calibration[1])
         for k, v in summary.items():
             if np.isfinite(v):
                 self.log(f'val/{k}', float(v), prog_bar=k in ('rot_med_deg', 'centre_med_m'), sync_dist=True)

@@ -105,7 +105,7 @@ def fit(cfg: Mapping[str, Any], resume: str | None = None, sequences: Mapping[st
         log.info('trivial predictor (mean training pose) on validation: %s', json.dumps(summary['trivial']))
     t0 = time.perf_counter()
     if cfg['train']['cache_backbone']:
-        n = module.warm_cache(dm.train_scenes + dm.val_scenes)
+        n = module.warm_cache(dm.train_scenes + dm.val_scenes + dm.calib_scenes)
         if cfg['data']['mirror']:
             n = module.warm_cache(dm.train_scenes, mirrored=True)
         summary['cache_seconds'] = time.perf_counter() - t0

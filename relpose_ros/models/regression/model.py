@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ...errors import ConfigError
+from .calibration import calibration_factor
 from .head import PoseHead
 from .loftr import LoFTRCoarse
 from .matching import hard_match_and_warp, match_confidence
@@ -52,7 +53,11 @@ def model_config(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
 
 
 class RegressionModel(nn.Module):
-    """Query/reference grayscale images -> T_ref_from_query (quat, dir, scale) + match confidence."""
+    """Query/reference grayscale images -> T_ref_from_query (quat, dir, scale) + match confidence.
+
+    ``scale`` is the calibrated scale (``scale_raw`` times the held-out calibration factor, 1 unless training
+    fitted one); the loss trains ``scale_raw``.
+    """
 
     def __init__(self, config: Mapping[str, Any] | None = None) -> None:
         super().__init__()
@@ -61,6 +66,8 @@ class RegressionModel(nn.Module):
         c = self.loftr.dim
         self.head = PoseHead(2 * c + 5, tuple(self.config['head_channels']), int(self.config['head_pool']),
                              int(self.config['mlp_hidden']), float(self.config['head_dropout']))
+        # (a, b) of the held-out scale calibration (calibration.py); (1, 0) = the head's own scale
+        self.register_buffer('scale_calibration', torch.tensor([1.0, 0.0]))
         self._set_trainable()
 
     def _set_trainable(self) -> None:
@@ -99,6 +106,8 @@ class RegressionModel(nn.Module):
                                           bool(self.config['subcell_positions']))
         out = self.head(self.head_input(cmap))
         out['confidence'] = match_confidence(stats, self.config['confidence'])
+        out['scale_raw'] = out['scale']                   # what the loss trains (B,)
+        out['scale'] = out['scale_raw'] * calibration_factor(self.scale_calibration, out['confidence'].detach())
         out['mutual_fraction'] = stats['mutual'].float().mean(dim=1)
         out['softmax_conf'] = stats['softmax_conf'].mean(dim=1)
         return out
