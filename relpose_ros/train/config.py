@@ -29,6 +29,9 @@ DEFAULT_TRAIN_CONFIG: dict[str, Any] = {
         'num_workers': 0,
         'augment': True,        # photometric: brightness, contrast, gamma, noise (training only)
         'mirror': False,        # also train on every pair with both images flipped left-right (pose mirrored)
+        # > 0: rotate the reference camera virtually by up to this many degrees per training pair (geometry-only
+        # head: model.appearance_channels false; train/rotation_augment.py)
+        'rotate_reference_deg': 0.0,
     },
     # loss weights: the paper's rotation + direction + scale (unit weights); 'centre' adds |s d - t| (metres)
     'loss': {'rot': 1.0, 'dir': 1.0, 'scale': 1.0, 'centre': 0.0},
@@ -57,6 +60,9 @@ DEFAULT_TRAIN_CONFIG: dict[str, Any] = {
         # none | scalar | confidence: after every validation, fit the centre's scale factor on data.calib
         # (models/regression/calibration.py); the checkpoint carries it
         'scale_calibration': 'none',
+        # > 0: validate and checkpoint an exponential moving average of the weights (decay per step; Lightning
+        # WeightAveraging), e.g. 0.995
+        'ema_decay': 0.0,
     },
 }
 
@@ -75,12 +81,21 @@ def train_config(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
         raise ConfigError('train.cache_backbone needs data.augment: false (augmented images have other features)')
     if cfg['train']['cache_backbone'] and cfg['model']['unfreeze_loftr'] == 'all':
         raise ConfigError('train.cache_backbone needs a frozen LoFTR backbone (model.unfreeze_loftr != all)')
+    if float(cfg['data']['rotate_reference_deg']) > 0 and cfg['model']['appearance_channels']:
+        raise ConfigError('data.rotate_reference_deg changes only the match geometry: it needs '
+                          'model.appearance_channels: false')
     from ..models.regression.calibration import CALIBRATION_MODES
     mode = cfg['train']['scale_calibration']
     if mode not in CALIBRATION_MODES:
         raise ConfigError(f'train.scale_calibration must be one of {CALIBRATION_MODES}, got {mode!r}')
     if mode != 'none' and not cfg['data']['calib']:
         raise ConfigError(f'train.scale_calibration: {mode} needs held-out pairs: data.calib lists no datasets')
+    ema = float(cfg['train']['ema_decay'])
+    if not 0.0 <= ema < 1.0:
+        raise ConfigError(f'train.ema_decay must be in [0, 1), got {ema}')
+    if ema > 0 and mode != 'none':
+        raise ConfigError('train.ema_decay and train.scale_calibration cannot be combined (the average would '
+                          'overwrite the fitted calibration)')
     from .matching import check_config
     check_config(cfg['pretrain_matching'])
     return cfg

@@ -163,6 +163,15 @@ def mirror_targets(quat: np.ndarray, centre: np.ndarray) -> tuple[np.ndarray, np
     return quat * np.array([1.0, 1.0, -1.0, -1.0]), centre * np.array([-1.0, 1.0, 1.0])
 
 
+def network_K(scene: LoadedScene) -> np.ndarray:
+    """The scene's intrinsics at the network resolution of its loaded frames (a mirrored frame has the same K
+    when the principal point is centred, as :func:`mirror_targets` assumes)."""
+    if scene.K is None or scene.image_hw is None:
+        raise DatasetError(f'{scene.name}: frames have no intrinsics')
+    h, w = scene.gray.shape[1:]
+    return np.diag([w / scene.image_hw[1], h / scene.image_hw[0], 1.0]) @ np.asarray(scene.K, dtype=np.float64)
+
+
 class PairDataset(Dataset):
     """Item k of ``pairs`` ((P, 3): scene, query, reference) as a dict of tensors.
 
@@ -192,6 +201,7 @@ class PairDataset(Dataset):
             gq, gr = np.ascontiguousarray(gq[:, ::-1]), np.ascontiguousarray(gr[:, ::-1])
             offset = MIRROR_KEY_OFFSET
         return {
+            'K_ref': torch.from_numpy(network_K(scene)).float(),       # (3, 3) reference (= query) camera
             'gray_q': torch.from_numpy(gq).float().div_(255.0)[None],   # (1, H, W)
             'gray_r': torch.from_numpy(gr).float().div_(255.0)[None],
             'quat_gt': torch.from_numpy(quat).float(),                  # (4,)

@@ -14,6 +14,7 @@ import torch
 from ..models.regression import RegressionModel, pose_loss
 from ..models.regression.calibration import calibration_factor, fit_scale_calibration
 from . import data as D
+from .rotation_augment import random_rotations, rotate_reference_targets
 from .metrics import batch_errors, summarize
 
 log = logging.getLogger(__name__)
@@ -155,7 +156,8 @@ class RegressionLitModule(L.LightningModule):
                 self._features(gray, keys)
         return len(self._feature_cache)
 
-    def _run(self, batch: dict[str, torch.Tensor], augment: bool) -> dict[str, torch.Tensor]:
+    def _run(self, batch: dict[str, torch.Tensor], augment: bool,
+             reference_rotation: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         gq, gr = batch['gray_q'], batch['gray_r']
         if augment and self.augment is not None:
             gq, gr = self.augment(gq).clamp(0, 1), self.augment(gr).clamp(0, 1)
@@ -164,13 +166,19 @@ class RegressionLitModule(L.LightningModule):
         else:
             both = self.model.extract(torch.cat([gq, gr]))
             fq, fr = both.chunk(2)
-        return self.model.forward_features(fq, fr)
+        return self.model.forward_features(fq, fr, reference_rotation)
 
     # ------------------------------------------------------------------ training / validation
     def training_step(self, batch, batch_idx):
-        out = self._run(batch, augment=True)
-        terms = pose_loss(out['quat'].float(), out['dir'].float(), out['scale_raw'].float(), batch['quat_gt'],
-                          batch['t_gt'], weights=self.cfg['loss'])
+        quat_gt, t_gt, rotation = batch['quat_gt'], batch['t_gt'], None
+        max_deg = float(self.cfg['data']['rotate_reference_deg'])
+        if max_deg > 0:      # virtual reference rotation (rotation_augment.py): positions and targets, exactly
+            R_a = random_rotations(len(t_gt), max_deg).to(t_gt)
+            rotation = (R_a, batch['K_ref'])
+            quat_gt, t_gt = rotate_reference_targets(quat_gt, t_gt, R_a)
+        out = self._run(batch, augment=True, reference_rotation=rotation)
+        terms = pose_loss(out['quat'].float(), out['dir'].float(), out['scale_raw'].float(), quat_gt, t_gt,
+                          weights=self.cfg['loss'])
         bs = batch['gray_q'].shape[0]
         self.log('train/loss', terms['loss'], prog_bar=True, batch_size=bs)
         for k in ('rot', 'dir', 'scale', 'centre'):

@@ -94,8 +94,15 @@ class RegressionModel(nn.Module):
                 return self.loftr.extract(gray)
         return self.loftr.extract(gray)
 
-    def forward_features(self, feat_q: torch.Tensor, feat_r: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Pose from the two images' coarse CNN features (B, C, h, w) (query first)."""
+    def forward_features(self, feat_q: torch.Tensor, feat_r: torch.Tensor,
+                         reference_rotation: tuple[torch.Tensor, torch.Tensor] | None = None
+                         ) -> dict[str, torch.Tensor]:
+        """Pose from the two images' coarse CNN features (B, C, h, w) (query first).
+
+        ``reference_rotation`` (training augmentation, geometry-only head): (R_a (B, 3, 3), K (B, 3, 3) of the
+        reference at network resolution): the matched reference positions are those of the reference camera
+        rotated by R_a (train/rotation_augment.py); the caller rotates the targets.
+        """
         if self.config['unfreeze_loftr'] == 'none':
             with torch.no_grad():
                 tok_q, tok_r = self.loftr.attend(feat_q, feat_r)
@@ -104,6 +111,8 @@ class RegressionModel(nn.Module):
         cmap, stats = hard_match_and_warp(tok_q, tok_r, tuple(feat_q.shape[2:]), tuple(feat_r.shape[2:]),
                                           float(self.config['temperature']),
                                           bool(self.config['subcell_positions']))
+        if reference_rotation is not None:
+            cmap = self._rotate_reference(cmap, *reference_rotation, tuple(feat_r.shape[2:]))
         out = self.head(self.head_input(cmap))
         out['confidence'] = match_confidence(stats, self.config['confidence'])
         out['scale_raw'] = out['scale']                   # what the loss trains (B,)
@@ -111,6 +120,19 @@ class RegressionModel(nn.Module):
         out['mutual_fraction'] = stats['mutual'].float().mean(dim=1)
         out['softmax_conf'] = stats['softmax_conf'].mean(dim=1)
         return out
+
+    def _rotate_reference(self, cmap: torch.Tensor, R_a: torch.Tensor, K: torch.Tensor,
+                          ref_hw: tuple[int, int]) -> torch.Tensor:
+        from ...train.rotation_augment import rotate_reference_positions
+
+        if self.config['appearance_channels']:
+            raise ConfigError('reference rotation changes only the match geometry: it needs '
+                              'appearance_channels: false')
+        b, ch, h, w = cmap.shape
+        c = (ch - 5) // 2
+        pos_r = cmap[:, 2 * c + 2:2 * c + 4].flatten(2).transpose(1, 2)              # (B, h*w, 2)
+        pos_r = rotate_reference_positions(pos_r, R_a.to(cmap), K.to(cmap), ref_hw)
+        return torch.cat([cmap[:, :2 * c + 2], pos_r.transpose(1, 2).reshape(b, 2, h, w), cmap[:, 2 * c + 4:]], 1)
 
     def head_input(self, cmap: torch.Tensor) -> torch.Tensor:
         """The correspondence map as the head sees it: all of it, or (``appearance_channels: false``) only
