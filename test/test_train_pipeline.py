@@ -165,16 +165,18 @@ def test_training_with_mirror_cache_and_centre_loss(tmp_path, synthetic):
 
 
 @pytest.mark.parametrize('name', ['7scenes_cpu', '7scenes_cpu_matching', '7scenes_cpu_geometry',
-                                  '7scenes_cpu_calibrated', '7scenes_gpu'])
+                                  '7scenes_cpu_calibrated', '7scenes_cpu_rotation', '7scenes_gpu'])
 def test_shipped_training_configs_load(name):
     from pathlib import Path
     from relpose_ros.train.config import load_train_config
     path = Path(__file__).resolve().parents[1] / 'config' / 'train' / f'{name}.yaml'
     cfg = load_train_config(path)
     assert cfg['data']['train'] and cfg['data']['val']
-    if name == '7scenes_cpu_geometry':
+    if name in ('7scenes_cpu_geometry', '7scenes_cpu_rotation'):
         assert cfg['model']['subcell_positions'] and not cfg['model']['appearance_channels']
         assert cfg['loss']['centre'] == 1.0 and cfg['pretrain_matching']['steps'] > 0
+    if name == '7scenes_cpu_rotation':
+        assert cfg['data']['rotate_reference_deg'] == 10.0
     if name == '7scenes_cpu_calibrated':               # calibration frames lie between training and validation
         train, calib, val = (cfg['data'][k][0]['frames'] for k in ('train', 'calib', 'val'))
         assert train[1] <= calib[0] and calib[1] <= val[0] and cfg['train']['scale_calibration'] == 'scalar'
@@ -235,20 +237,3 @@ def test_scale_calibration_is_fitted_on_the_calib_pairs_and_carried_by_the_check
     refit = fit_scale_calibration(*[np.concatenate(col) for col in zip(*rows)], mode='scalar')
     assert refit[0] == pytest.approx(module_a, rel=1e-4)
 
-
-def test_ema_weights_are_validated_and_checkpointed(tmp_path, synthetic):
-    with pytest.raises(ConfigError, match='ema_decay'):
-        train_config({'train': {'ema_decay': 1.0}})
-    cfg = tiny_config(tmp_path, max_steps=6, max_epochs=6, ema_decay=0.5)
-    dm, module, trainer = prepare(cfg, synthetic)
-    start = {k: v.clone() for k, v in module.model.head.state_dict().items()}
-    trainer.fit(module, datamodule=dm)
-    saved = torch.load(tmp_path / 'checkpoints' / 'last.ckpt', weights_only=False)
-    live = dict(module.model.head.state_dict())      # after fit the module holds the averaged weights
-    key = next(k for k in live if k.endswith('weight') and live[k].dim() > 1)
-    assert torch.allclose(saved['state_dict']['model.head.' + key], live[key])
-    assert not torch.allclose(live[key], start[key])
-    assert any(type(cb).__name__ == 'WeightAveraging' for cb in trainer.callbacks)
-    dm, plain, trainer = prepare(tiny_config(tmp_path / 'plain', max_steps=6, max_epochs=6), synthetic)
-    trainer.fit(plain, datamodule=dm)                  # same seed and batches, no averaging
-    assert not torch.allclose(plain.model.head.state_dict()[key], live[key])

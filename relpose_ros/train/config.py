@@ -60,9 +60,6 @@ DEFAULT_TRAIN_CONFIG: dict[str, Any] = {
         # none | scalar | confidence: after every validation, fit the centre's scale factor on data.calib
         # (models/regression/calibration.py); the checkpoint carries it
         'scale_calibration': 'none',
-        # > 0: validate and checkpoint an exponential moving average of the weights (decay per step; Lightning
-        # WeightAveraging), e.g. 0.995
-        'ema_decay': 0.0,
     },
 }
 
@@ -90,12 +87,6 @@ def train_config(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
         raise ConfigError(f'train.scale_calibration must be one of {CALIBRATION_MODES}, got {mode!r}')
     if mode != 'none' and not cfg['data']['calib']:
         raise ConfigError(f'train.scale_calibration: {mode} needs held-out pairs: data.calib lists no datasets')
-    ema = float(cfg['train']['ema_decay'])
-    if not 0.0 <= ema < 1.0:
-        raise ConfigError(f'train.ema_decay must be in [0, 1), got {ema}')
-    if ema > 0 and mode != 'none':
-        raise ConfigError('train.ema_decay and train.scale_calibration cannot be combined (the average would '
-                          'overwrite the fitted calibration)')
     from .matching import check_config
     check_config(cfg['pretrain_matching'])
     return cfg

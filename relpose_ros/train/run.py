@@ -27,15 +27,6 @@ def _precision(cfg: Mapping[str, Any]) -> str:
     return '16-mixed' if cuda else '32-true'
 
 
-def ema_callback(decay: float):
-    """Lightning's WeightAveraging with an exponential moving average (per training step) of the weights: it is
-    what validation sees and what the checkpoints hold."""
-    from lightning.pytorch.callbacks import WeightAveraging
-    from torch.optim.swa_utils import get_ema_avg_fn
-
-    return WeightAveraging(avg_fn=get_ema_avg_fn(decay))
-
-
 def build_trainer(cfg: Mapping[str, Any], callbacks: list | None = None):
     """A Lightning Trainer with checkpoints (best by median centre error + last) and a CSV log."""
     import lightning as L
@@ -50,11 +41,10 @@ def build_trainer(cfg: Mapping[str, Any], callbacks: list | None = None):
                            enable_version_counter=False)
     ckpt = [ModelCheckpoint(dirpath=out / 'checkpoints', filename='best', monitor='val/centre_med_m', mode='min',
                             save_top_k=1, enable_version_counter=False)] if cfg['data']['val'] else []
-    averaging = [ema_callback(float(t['ema_decay']))] if float(t['ema_decay']) > 0 else []
     return L.Trainer(
         max_epochs=t['max_epochs'], max_steps=t['max_steps'], max_time=t['max_time'],
         accelerator=t['accelerator'], devices=t['devices'], strategy=t['strategy'], precision=_precision(cfg),
-        default_root_dir=str(out), logger=CSVLogger(str(out), name='logs'), callbacks=[*ckpt, last, *averaging, *(callbacks or [])],
+        default_root_dir=str(out), logger=CSVLogger(str(out), name='logs'), callbacks=[*ckpt, last, *(callbacks or [])],
         log_every_n_steps=t['log_every_n_steps'], enable_progress_bar=t['progress_bar'],
         num_sanity_val_steps=0, deterministic=False)
 
