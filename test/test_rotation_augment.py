@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from relpose_ros.errors import ConfigError
-from relpose_ros.train.rotation_augment import (cell_grid_to_pixels, pixels_to_cell_grid, random_rotations,
-                                                rotate_reference_positions, rotate_reference_targets)
+from relpose_ros.models.regression.rotation_augment import (
+    cell_grid_to_pixels, pixels_to_cell_grid, random_rotations, rotate_reference_positions, rotate_reference_targets)
 
 
 def _project(K, X):

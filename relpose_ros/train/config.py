@@ -30,7 +30,7 @@ DEFAULT_TRAIN_CONFIG: dict[str, Any] = {
         'augment': True,        # photometric: brightness, contrast, gamma, noise (training only)
         'mirror': False,        # also train on every pair with both images flipped left-right (pose mirrored)
         # > 0: rotate the reference camera virtually by up to this many degrees per training pair (geometry-only
-        # head: model.appearance_channels false; train/rotation_augment.py)
+        # head: model.appearance_channels false; models/regression/rotation_augment.py)
         'rotate_reference_deg': 0.0,
     },
     # loss weights: the paper's rotation + direction + scale (unit weights); 'centre' adds |s d - t| (metres)

@@ -21,6 +21,7 @@ from .calibration import calibration_factor
 from .head import PoseHead
 from .loftr import LoFTRCoarse
 from .matching import hard_match_and_warp, match_confidence
+from .rotation_augment import rotate_reference_positions
 
 DEFAULT_MODEL_CONFIG: dict[str, Any] = {
     'loftr_weights': None,      # local LoFTR checkpoint; None = seeded random init (testing / CPU proof only)
@@ -101,7 +102,7 @@ class RegressionModel(nn.Module):
 
         ``reference_rotation`` (training augmentation, geometry-only head): (R_a (B, 3, 3), K (B, 3, 3) of the
         reference at network resolution): the matched reference positions are those of the reference camera
-        rotated by R_a (train/rotation_augment.py); the caller rotates the targets.
+        rotated by R_a (models/regression/rotation_augment.py); the caller rotates the targets.
         """
         if self.config['unfreeze_loftr'] == 'none':
             with torch.no_grad():
@@ -123,8 +124,6 @@ class RegressionModel(nn.Module):
 
     def _rotate_reference(self, cmap: torch.Tensor, R_a: torch.Tensor, K: torch.Tensor,
                           ref_hw: tuple[int, int]) -> torch.Tensor:
-        from ...train.rotation_augment import rotate_reference_positions
-
         if self.config['appearance_channels']:
             raise ConfigError('reference rotation changes only the match geometry: it needs '
                               'appearance_channels: false')
