@@ -181,6 +181,7 @@ class PairDataset(Dataset):
 
     def __init__(self, scenes: list[LoadedScene], pairs: np.ndarray, mirror: bool = False) -> None:
         self.scenes, self.pairs, self.mirror = scenes, np.asarray(pairs, dtype=np.int64), bool(mirror)
+        self.K_net = [torch.from_numpy(network_K(s)).float() for s in scenes]   # (3, 3) per scene, once
 
     def __len__(self) -> int:
         return len(self.pairs) * (2 if self.mirror else 1)
@@ -201,7 +202,7 @@ class PairDataset(Dataset):
             gq, gr = np.ascontiguousarray(gq[:, ::-1]), np.ascontiguousarray(gr[:, ::-1])
             offset = MIRROR_KEY_OFFSET
         return {
-            'K_ref': torch.from_numpy(network_K(scene)).float(),       # (3, 3) reference (= query) camera
+            'K_ref': self.K_net[s],                                     # (3, 3) reference (= query) camera
             'gray_q': torch.from_numpy(gq).float().div_(255.0)[None],   # (1, H, W)
             'gray_r': torch.from_numpy(gr).float().div_(255.0)[None],
             'quat_gt': torch.from_numpy(quat).float(),                  # (4,)

@@ -13,8 +13,8 @@ import torch
 
 from ..models.regression import RegressionModel, pose_loss
 from ..models.regression.calibration import calibration_factor, fit_scale_calibration
-from . import data as D
 from ..models.regression.rotation_augment import random_rotations, rotate_reference_targets
+from . import data as D
 from .metrics import batch_errors, summarize
 
 log = logging.getLogger(__name__)

@@ -36,6 +36,14 @@ def subcell_positions(prob: torch.Tensor, match: torch.Tensor, h: int, w: int, g
     return (wgt[..., None] * grid[idx]).sum(dim=2)                                 # (B, Na, 2)
 
 
+def cmap_channels(num_channels: int) -> dict[str, slice]:
+    """Channel slices of the correspondence map that :func:`hard_match_and_warp` builds:
+    [f_a (C), p_a (2), f_b,m(i) (C), p_b,m(i) (2), c (1)]."""
+    c = (num_channels - 5) // 2
+    return {'feat_a': slice(0, c), 'pos_a': slice(c, c + 2), 'feat_b': slice(c + 2, 2 * c + 2),
+            'pos_b': slice(2 * c + 2, 2 * c + 4), 'conf': slice(2 * c + 4, 2 * c + 5)}
+
+
 def hard_match_and_warp(tok_a: torch.Tensor, tok_b: torch.Tensor, hw_a: tuple[int, int], hw_b: tuple[int, int],
                         temperature: float = 0.1, subcell: bool = False
                         ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

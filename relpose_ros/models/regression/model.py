@@ -20,7 +20,7 @@ from ...errors import ConfigError
 from .calibration import calibration_factor
 from .head import PoseHead
 from .loftr import LoFTRCoarse
-from .matching import hard_match_and_warp, match_confidence
+from .matching import cmap_channels, hard_match_and_warp, match_confidence
 from .rotation_augment import rotate_reference_positions
 
 DEFAULT_MODEL_CONFIG: dict[str, Any] = {
@@ -128,20 +128,22 @@ class RegressionModel(nn.Module):
             raise ConfigError('reference rotation changes only the match geometry: it needs '
                               'appearance_channels: false')
         b, ch, h, w = cmap.shape
-        c = (ch - 5) // 2
-        pos_r = cmap[:, 2 * c + 2:2 * c + 4].flatten(2).transpose(1, 2)              # (B, h*w, 2)
+        pos = cmap_channels(ch)['pos_b']
+        pos_r = cmap[:, pos].flatten(2).transpose(1, 2)                              # (B, h*w, 2)
         pos_r = rotate_reference_positions(pos_r, R_a.to(cmap), K.to(cmap), ref_hw)
-        return torch.cat([cmap[:, :2 * c + 2], pos_r.transpose(1, 2).reshape(b, 2, h, w), cmap[:, 2 * c + 4:]], 1)
+        out = cmap.clone()
+        out[:, pos] = pos_r.transpose(1, 2).reshape(b, 2, h, w)
+        return out
 
     def head_input(self, cmap: torch.Tensor) -> torch.Tensor:
         """The correspondence map as the head sees it: all of it, or (``appearance_channels: false``) only
         p_q, p_r and the confidence, with f_q and the warped f_r zeroed (same head shapes, same checkpoints)."""
         if self.config['appearance_channels']:
             return cmap
-        c = (cmap.shape[1] - 5) // 2
+        ch = cmap_channels(cmap.shape[1])
         mask = torch.zeros(1, cmap.shape[1], 1, 1, dtype=cmap.dtype, device=cmap.device)
-        mask[:, c:c + 2] = 1.0
-        mask[:, 2 * c + 2:] = 1.0
+        for kept in ('pos_a', 'pos_b', 'conf'):
+            mask[:, ch[kept]] = 1.0
         return cmap * mask
 
     def forward(self, gray_q: torch.Tensor, gray_r: torch.Tensor) -> dict[str, torch.Tensor]:
