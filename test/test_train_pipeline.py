@@ -237,3 +237,23 @@ def test_scale_calibration_is_fitted_on_the_calib_pairs_and_carried_by_the_check
     refit = fit_scale_calibration(*[np.concatenate(col) for col in zip(*rows)], mode='scalar')
     assert refit[0] == pytest.approx(module_a, rel=1e-4)
 
+
+
+def test_two_way_eval_trains_one_way_validates_fused_and_the_backend_keeps_it(tmp_path, synthetic):
+    from relpose_ros.backends import create
+    cfg = tiny_config(tmp_path, max_steps=3, max_epochs=3, cache_backbone=True)
+    cfg['model']['two_way'] = 'eval'
+    summary = fit(train_config(cfg), sequences=synthetic)
+    row = summary['final']
+    for key in ('rot_med_deg', 'centre_med_m', 'dir_med_deg'):   # fused and one-way metrics are both logged
+        assert np.isfinite(row[key]) and np.isfinite(row[f'one_way_{key}'])
+    assert row['centre_med_m'] != row['one_way_centre_med_m']
+    ckpt = str(tmp_path / 'checkpoints' / 'last.ckpt')
+    est = create('regression', {'checkpoint': ckpt}, device='cpu')
+    assert est.model.uses_two_way and est.describe()['two_way'] == 'eval'
+    one_way = create('regression', {'checkpoint': ckpt, 'two_way': 'none'}, device='cpu')
+    assert not one_way.model.uses_two_way
+    seq = synthetic['synthetic:a']
+    ref, live = seq[0].frame, seq[2].frame
+    a, b = est.estimate(est.prepare_reference(ref), live), one_way.estimate(one_way.prepare_reference(ref), live)
+    assert a.ok and b.ok and not np.allclose(a.t, b.t)

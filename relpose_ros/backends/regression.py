@@ -26,6 +26,7 @@ class RegressionEstimator(Estimator):
         'loftr_weights': '',     # optional: LoFTR checkpoint the head was trained with (checked, must match)
         'image_size': [0, 0],    # [H, W] for landscape frames (swapped for portrait); [0, 0] = the training size
         'confidence': '',        # mutual | softmax | mutual_softmax; '' = as trained
+        'two_way': '',           # none | eval | always: average in the reference->query pose; '' = as trained
     }
 
     def __init__(self, config=None, device: str = 'auto') -> None:
@@ -39,8 +40,9 @@ class RegressionEstimator(Estimator):
         size = self.config['image_size']
         if size is not None and any(int(v) for v in size):
             overrides['image_size'] = [int(v) for v in size]
-        if self.config['confidence']:
-            overrides['confidence'] = self.config['confidence']
+        for key in ('confidence', 'two_way'):
+            if self.config[key]:
+                overrides[key] = self.config[key]
         self.model = load_regression_model(self.config['checkpoint'], overrides).to(self.device).eval()
         if self.config['loftr_weights']:
             self._check_loftr(self.config['loftr_weights'])
@@ -60,7 +62,8 @@ class RegressionEstimator(Estimator):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), 'checkpoint': str(self.config['checkpoint']),
-                'image_size': self.image_size, 'confidence': self.model.config['confidence']}
+                'image_size': self.image_size, 'confidence': self.model.config['confidence'],
+                'two_way': self.model.config['two_way']}
 
     def _gray(self, frame: Frame) -> torch.Tensor:
         from ..train.data import network_size, to_gray

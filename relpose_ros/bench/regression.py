@@ -21,6 +21,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument('--frames', type=int, default=8, help='live frames to time')
     p.add_argument('--batch', type=int, default=4, help='pairs per training step')
     p.add_argument('--steps', type=int, default=3, help='training steps to time')
+    p.add_argument('--two-way', default='', choices=['', 'none', 'eval', 'always'],
+                   help="regression.two_way for the live frames ('' = as the checkpoint was trained)")
     p.add_argument('--device', default='auto')
     p.add_argument('--threads', type=int, default=None, help='torch CPU threads')
     p.add_argument('--data', type=Path, default=DEFAULT_DATA, help='7-Scenes folder (else synthetic frames)')
@@ -80,7 +82,8 @@ def run(args) -> dict:
     tmp = tempfile.TemporaryDirectory()
     ckpt = args.checkpoint or str(save_model_checkpoint(RegressionModel({'image_size': list(args.size)}),
                                                         Path(tmp.name) / 'random.ckpt'))
-    est = create('regression', {'checkpoint': ckpt, 'image_size': list(args.size)}, device=str(device))
+    est = create('regression', {'checkpoint': ckpt, 'image_size': list(args.size), 'two_way': args.two_way},
+                 device=str(device))
     frames, source = _frames(args.data, args.frames)
     ref_frame, live = frames[0], frames[1:]
     est.estimate(est.prepare_reference(ref_frame), live[0])        # warm-up
@@ -99,7 +102,7 @@ def run(args) -> dict:
         uncached.append(time.perf_counter() - t0)
     result = {
         'device': str(device), 'threads': torch.get_num_threads(), 'size': list(args.size), 'frames': len(live),
-        'source': source, 'checkpoint': args.checkpoint or 'random weights',
+        'source': source, 'checkpoint': args.checkpoint or 'random weights', 'two_way': est.model.config['two_way'],
         'prepare_reference_ms': 1e3 * prepare_s,
         'live_cached': _ms(cached), 'live_uncached': _ms(uncached),
         'stages_ms': {k: 1e3 * statistics.median(v) for k, v in stages.items()},
@@ -109,7 +112,7 @@ def run(args) -> dict:
     result['train_step_transformer'] = _train_step_time(args.size, args.batch, args.steps, 'transformer', device)
     tmp.cleanup()
     print(f"regression backend, {result['device']} ({result['threads']} threads), input {args.size[0]}x{args.size[1]},"
-          f" {len(live)} {source} frames")
+          f" {len(live)} {source} frames, two_way {result['two_way']}")
     print(f"  prepare_reference            {result['prepare_reference_ms']:8.1f} ms")
     print(f"  live frame, cached reference {result['live_cached']['median_ms']:8.1f} ms (median)")
     print(f"  live frame, uncached         {result['live_uncached']['median_ms']:8.1f} ms (median)  "

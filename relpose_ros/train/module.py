@@ -157,7 +157,8 @@ class RegressionLitModule(L.LightningModule):
         return len(self._feature_cache)
 
     def _run(self, batch: dict[str, torch.Tensor], augment: bool,
-             reference_rotation: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+             reference_rotation: tuple[torch.Tensor, torch.Tensor] | None = None,
+             two_way: bool | None = None) -> dict[str, torch.Tensor]:
         gq, gr = batch['gray_q'], batch['gray_r']
         if augment and self.augment is not None:
             gq, gr = self.augment(gq).clamp(0, 1), self.augment(gr).clamp(0, 1)
@@ -166,7 +167,7 @@ class RegressionLitModule(L.LightningModule):
         else:
             both = self.model.extract(torch.cat([gq, gr]))
             fq, fr = both.chunk(2)
-        return self.model.forward_features(fq, fr, reference_rotation)
+        return self.model.forward_features(fq, fr, reference_rotation, two_way)
 
     # ------------------------------------------------------------------ training / validation
     def training_step(self, batch, batch_idx):
@@ -194,6 +195,9 @@ class RegressionLitModule(L.LightningModule):
         keep = {k: out[k] for k in ('quat', 'dir', 'scale_raw', 'confidence')}
         keep.update(mutual=out['mutual_fraction'], softmax=out['softmax_conf'], quat_gt=batch['quat_gt'],
                     t_gt=batch['t_gt'])
+        if self.model.uses_two_way:   # the one-way pose too, to measure what the fusion changes
+            one = self._run(batch, augment=False, two_way=False)
+            keep.update({f'one_way_{k}': one[k].float() for k in ('quat', 'dir', 'scale_raw')})
         self._val_outputs.append({k: v.detach().cpu().numpy() for k, v in keep.items()})
 
     @torch.no_grad()
@@ -228,8 +232,8 @@ class RegressionLitModule(L.LightningModule):
                                     torch.from_numpy(cat['confidence']).double()).numpy()
         gt = torch.from_numpy(cat['quat_gt']), torch.from_numpy(cat['t_gt'])
 
-        def errors(scale: np.ndarray) -> dict[str, np.ndarray]:
-            out = {'quat': torch.from_numpy(cat['quat']), 'dir': torch.from_numpy(cat['dir']),
+        def errors(scale: np.ndarray, prefix: str = '') -> dict[str, np.ndarray]:
+            out = {'quat': torch.from_numpy(cat[prefix + 'quat']), 'dir': torch.from_numpy(cat[prefix + 'dir']),
                    'scale': torch.from_numpy(scale.astype(np.float32))}
             return {k: v.numpy() for k, v in batch_errors(out, *gt).items()}
 
@@ -237,6 +241,10 @@ class RegressionLitModule(L.LightningModule):
         summary = summarize(calibrated, cat['confidence'])
         for kind in ('mutual', 'softmax'):
             summary[f'spearman_{kind}_centre'] = summarize(calibrated, cat[kind])['spearman_conf_centre']
+        if 'one_way_quat' in cat:
+            one = summarize(errors(cat['one_way_scale_raw'] * factor, 'one_way_'))
+            summary.update({f'one_way_{k}': one[k] for k in ('rot_med_deg', 'centre_med_m', 'dir_med_deg',
+                                                              'prec_25cm_5deg')})
         if calibration is not None:
             raw = summarize(errors(cat['scale_raw']))
             summary.update(raw_centre_med_m=raw['centre_med_m'], raw_prec_25cm_5deg=raw['prec_25cm_5deg'],

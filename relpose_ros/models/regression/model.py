@@ -22,6 +22,7 @@ from .head import PoseHead
 from .loftr import LoFTRCoarse
 from .matching import cmap_channels, hard_match_and_warp, match_confidence
 from .rotation_augment import rotate_reference_positions
+from .two_way import TWO_WAY_CHOICES, fuse_two_way
 
 DEFAULT_MODEL_CONFIG: dict[str, Any] = {
     'loftr_weights': None,      # local LoFTR checkpoint; None = seeded random init (testing / CPU proof only)
@@ -36,6 +37,9 @@ DEFAULT_MODEL_CONFIG: dict[str, Any] = {
     'appearance_channels': True,  # False: the head sees only positions + confidence (feature channels zeroed)
     'unfreeze_loftr': 'none',   # none | transformer | all
     'confidence': 'mutual',     # mutual | softmax | mutual_softmax (see matching.match_confidence)
+    # none | eval | always: also match reference -> query and average the inverted backward pose in
+    # (two_way.py; not in the paper); eval = only when not training
+    'two_way': 'none',
 }
 UNFREEZE_CHOICES = ('none', 'transformer', 'all')
 
@@ -47,6 +51,8 @@ def model_config(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     cfg = merge_config(DEFAULT_MODEL_CONFIG, overrides or {}, 'regression model')
     if cfg['unfreeze_loftr'] not in UNFREEZE_CHOICES:
         raise ConfigError(f"unfreeze_loftr must be one of {UNFREEZE_CHOICES}, got {cfg['unfreeze_loftr']!r}")
+    if cfg['two_way'] not in TWO_WAY_CHOICES:
+        raise ConfigError(f"two_way must be one of {TWO_WAY_CHOICES}, got {cfg['two_way']!r}")
     size = cfg['image_size']
     if size is not None and (len(size) != 2 or min(int(s) for s in size) < 16):
         raise ConfigError(f'image_size must be [H, W] with both >= 16 pixels, got {size!r}')
@@ -96,9 +102,12 @@ class RegressionModel(nn.Module):
         return self.loftr.extract(gray)
 
     def forward_features(self, feat_q: torch.Tensor, feat_r: torch.Tensor,
-                         reference_rotation: tuple[torch.Tensor, torch.Tensor] | None = None
-                         ) -> dict[str, torch.Tensor]:
+                         reference_rotation: tuple[torch.Tensor, torch.Tensor] | None = None,
+                         two_way: bool | None = None) -> dict[str, torch.Tensor]:
         """Pose from the two images' coarse CNN features (B, C, h, w) (query first).
+
+        ``two_way``: fuse the reference->query pose in (True) or not (False); None = as ``config['two_way']``
+        says for the current training / evaluation mode.
 
         ``reference_rotation`` (training augmentation, geometry-only head): (R_a (B, 3, 3), K (B, 3, 3) of the
         reference at network resolution): the matched reference positions are those of the reference camera
@@ -109,26 +118,48 @@ class RegressionModel(nn.Module):
                 tok_q, tok_r = self.loftr.attend(feat_q, feat_r)
         else:
             tok_q, tok_r = self.loftr.attend(feat_q, feat_r)
-        cmap, stats = hard_match_and_warp(tok_q, tok_r, tuple(feat_q.shape[2:]), tuple(feat_r.shape[2:]),
-                                          float(self.config['temperature']),
-                                          bool(self.config['subcell_positions']))
-        if reference_rotation is not None:
-            cmap = self._rotate_reference(cmap, *reference_rotation, tuple(feat_r.shape[2:]))
-        out = self.head(self.head_input(cmap))
-        out['confidence'] = match_confidence(stats, self.config['confidence'])
+        hw_q, hw_r = tuple(feat_q.shape[2:]), tuple(feat_r.shape[2:])
+        out, stats = self._one_way(tok_q, tok_r, hw_q, hw_r, reference_rotation, 'pos_b')
+        confidence = match_confidence(stats, self.config['confidence'])
+        mutual, softmax_conf = stats['mutual'].float().mean(dim=1), stats['softmax_conf'].mean(dim=1)
+        if self.uses_two_way if two_way is None else two_way:   # reference cells matched into the query: T_query_from_ref, inverted and averaged
+            back, stats_b = self._one_way(tok_r, tok_q, hw_r, hw_q, reference_rotation, 'pos_a')
+            out = {**out, **fuse_two_way(out, back)}
+            confidence = 0.5 * (confidence + match_confidence(stats_b, self.config['confidence']))
+            mutual = 0.5 * (mutual + stats_b['mutual'].float().mean(dim=1))
+            softmax_conf = 0.5 * (softmax_conf + stats_b['softmax_conf'].mean(dim=1))
+        out['confidence'] = confidence
         out['scale_raw'] = out['scale']                   # what the loss trains (B,)
-        out['scale'] = out['scale_raw'] * calibration_factor(self.scale_calibration, out['confidence'].detach())
-        out['mutual_fraction'] = stats['mutual'].float().mean(dim=1)
-        out['softmax_conf'] = stats['softmax_conf'].mean(dim=1)
+        out['scale'] = out['scale_raw'] * calibration_factor(self.scale_calibration, confidence.detach())
+        out['mutual_fraction'] = mutual
+        out['softmax_conf'] = softmax_conf
         return out
 
+    @property
+    def uses_two_way(self) -> bool:
+        mode = self.config['two_way']
+        return mode == 'always' or (mode == 'eval' and not self.training)
+
+    def _one_way(self, tok_a: torch.Tensor, tok_b: torch.Tensor, hw_a: tuple[int, int], hw_b: tuple[int, int],
+                 reference_rotation: tuple[torch.Tensor, torch.Tensor] | None, reference_channel: str
+                 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Head outputs (pose of camera A in camera B's frame) and match statistics of A's cells matched into B.
+        ``reference_channel``: the map's reference positions ('pos_b' when A is the query, 'pos_a' when A is
+        the reference), the ones a ``reference_rotation`` moves."""
+        cmap, stats = hard_match_and_warp(tok_a, tok_b, hw_a, hw_b, float(self.config['temperature']),
+                                          bool(self.config['subcell_positions']))
+        if reference_rotation is not None:
+            ref_hw = hw_b if reference_channel == 'pos_b' else hw_a
+            cmap = self._rotate_reference(cmap, *reference_rotation, ref_hw, reference_channel)
+        return self.head(self.head_input(cmap)), stats
+
     def _rotate_reference(self, cmap: torch.Tensor, R_a: torch.Tensor, K: torch.Tensor,
-                          ref_hw: tuple[int, int]) -> torch.Tensor:
+                          ref_hw: tuple[int, int], channel: str = 'pos_b') -> torch.Tensor:
         if self.config['appearance_channels']:
             raise ConfigError('reference rotation changes only the match geometry: it needs '
                               'appearance_channels: false')
         b, ch, h, w = cmap.shape
-        pos = cmap_channels(ch)['pos_b']
+        pos = cmap_channels(ch)[channel]
         pos_r = cmap[:, pos].flatten(2).transpose(1, 2)                              # (B, h*w, 2)
         pos_r = rotate_reference_positions(pos_r, R_a.to(cmap), K.to(cmap), ref_hw)
         out = cmap.clone()
