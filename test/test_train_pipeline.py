@@ -257,3 +257,21 @@ def test_two_way_eval_trains_one_way_validates_fused_and_the_backend_keeps_it(tm
     ref, live = seq[0].frame, seq[2].frame
     a, b = est.estimate(est.prepare_reference(ref), live), one_way.estimate(one_way.prepare_reference(ref), live)
     assert a.ok and b.ok and not np.allclose(a.t, b.t)
+
+
+def test_cosine_schedule_anneals_to_the_floor_over_max_epochs():
+    from relpose_ros.train.module import RegressionLitModule
+    with pytest.raises(ConfigError, match='optim.schedule'):
+        train_config({'optim': {'schedule': 'linear'}})
+    cfg = train_config({'model': TINY_MODEL, 'optim': {'lr': 1e-3, 'schedule': 'cosine', 'min_lr_factor': 0.05},
+                        'train': {'max_epochs': 8}})
+    sched = RegressionLitModule(cfg).configure_optimizers()['lr_scheduler']['scheduler']
+    lrs = [sched.get_last_lr()[0]]
+    for _ in range(8):
+        sched.optimizer.step()
+        sched.step()
+        lrs.append(sched.get_last_lr()[0])
+    assert lrs[0] == pytest.approx(1e-3) and lrs[-1] == pytest.approx(5e-5)
+    assert all(a > b for a, b in zip(lrs, lrs[1:]))
+    step = RegressionLitModule(train_config({'model': TINY_MODEL})).configure_optimizers()['lr_scheduler']
+    assert isinstance(step['scheduler'], torch.optim.lr_scheduler.StepLR)       # the paper's schedule by default

@@ -43,7 +43,10 @@ DEFAULT_TRAIN_CONFIG: dict[str, Any] = {
         'max_time_s': None, 'out': None,
         'warmup_steps': 0, 'warmup_size': [120, 160],  # optional first stage at a smaller (cheaper) size
     },
-    'optim': {'lr': 1e-4, 'weight_decay': 0.0, 'lr_decay': 0.9, 'lr_decay_every': 6},
+    # schedule 'step' (the paper): lr x lr_decay every lr_decay_every epochs; 'cosine': cosine annealing from lr
+    # to lr * min_lr_factor over train.max_epochs (not in the paper)
+    'optim': {'lr': 1e-4, 'weight_decay': 0.0, 'schedule': 'step', 'lr_decay': 0.9, 'lr_decay_every': 6,
+              'min_lr_factor': 0.01},
     'train': {
         'max_epochs': 20,
         'max_steps': -1,
@@ -81,6 +84,10 @@ def train_config(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     if float(cfg['data']['rotate_reference_deg']) > 0 and cfg['model']['appearance_channels']:
         raise ConfigError('data.rotate_reference_deg changes only the match geometry: it needs '
                           'model.appearance_channels: false')
+    if cfg['optim']['schedule'] not in ('step', 'cosine'):
+        raise ConfigError(f"optim.schedule must be step or cosine, got {cfg['optim']['schedule']!r}")
+    if cfg['optim']['schedule'] == 'cosine' and int(cfg['train']['max_epochs']) <= 0:
+        raise ConfigError('optim.schedule: cosine anneals over train.max_epochs, which must be > 0')
     from ..models.regression.calibration import CALIBRATION_MODES
     mode = cfg['train']['scale_calibration']
     if mode not in CALIBRATION_MODES:

@@ -266,5 +266,10 @@ class RegressionLitModule(L.LightningModule):
         o = self.cfg['optim']
         params = [p for p in self.model.parameters() if p.requires_grad]
         opt = torch.optim.Adam(params, lr=float(o['lr']), weight_decay=float(o['weight_decay']))
-        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=int(o['lr_decay_every']), gamma=float(o['lr_decay']))
+        if o['schedule'] == 'cosine':
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=int(self.cfg['train']['max_epochs']),
+                                                               eta_min=float(o['lr']) * float(o['min_lr_factor']))
+        else:
+            sched = torch.optim.lr_scheduler.StepLR(opt, step_size=int(o['lr_decay_every']),
+                                                    gamma=float(o['lr_decay']))
         return {'optimizer': opt, 'lr_scheduler': {'scheduler': sched, 'interval': 'epoch'}}
