@@ -241,14 +241,22 @@ def test_scale_calibration_is_fitted_on_the_calib_pairs_and_carried_by_the_check
 
 def test_two_way_eval_trains_one_way_validates_fused_and_the_backend_keeps_it(tmp_path, synthetic):
     from relpose_ros.backends import create
-    cfg = tiny_config(tmp_path, max_steps=3, max_epochs=3, cache_backbone=True)
+    from relpose_ros.train.run import validate_checkpoint
+    cfg = tiny_config(tmp_path, max_epochs=2, cache_backbone=True)
     cfg['model']['two_way'] = 'eval'
-    summary = fit(train_config(cfg), sequences=synthetic)
+    cfg = train_config(cfg)
+    summary = fit(cfg, sequences=synthetic)
     row = summary['final']
     for key in ('rot_med_deg', 'centre_med_m', 'dir_med_deg'):   # fused and one-way metrics are both logged
         assert np.isfinite(row[key]) and np.isfinite(row[f'one_way_{key}'])
     assert row['centre_med_m'] != row['one_way_centre_med_m']
     ckpt = str(tmp_path / 'checkpoints' / 'last.ckpt')
+    again = validate_checkpoint(cfg, ckpt, synthetic)['metrics']           # the checkpoint, re-validated
+    assert again['centre_med_m'] == pytest.approx(row['centre_med_m'], rel=1e-5)
+    cfg['model']['two_way'] = 'none'
+    one_way = validate_checkpoint(cfg, ckpt, synthetic)
+    assert one_way['two_way'] == 'none' and 'one_way_centre_med_m' not in one_way['metrics']
+    assert one_way['metrics']['centre_med_m'] == pytest.approx(row['one_way_centre_med_m'], rel=1e-5)
     est = create('regression', {'checkpoint': ckpt}, device='cpu')
     assert est.model.uses_two_way and est.describe()['two_way'] == 'eval'
     one_way = create('regression', {'checkpoint': ckpt, 'two_way': 'none'}, device='cpu')

@@ -87,3 +87,4 @@ def test_two_way_with_reference_rotation_rotates_both_maps():
 def test_unknown_two_way_mode_is_a_config_error():
     with pytest.raises(ConfigError, match='two_way'):
         RegressionModel({**SMALL, 'two_way': 'both'})
+

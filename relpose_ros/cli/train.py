@@ -21,6 +21,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument('--stage', choices=('all', 'matching', 'head'), default='all',
                    help='all: matching pre-training (if pretrain_matching.steps > 0) then the head; matching: only '
                         'the LoFTR matching pre-training (writes OUT/loftr_matching.pth); head: skip it')
+    p.add_argument('--validate', default=None, metavar='CKPT',
+                   help='train nothing: validation metrics of CKPT on the config\'s validation pairs, with the '
+                        'config\'s inference settings (model.two_way, model.confidence)')
     p.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
                    help='override any config value, e.g. --set data.batch_size=4 (YAML value syntax)')
     p.set_defaults(func=run)
@@ -56,6 +59,10 @@ def run(args) -> int:
     if args.stage == 'head':
         overrides['pretrain_matching.steps'] = 0
     cfg = load_train_config(args.config, overrides)
+    if args.validate:
+        from ..train.run import validate_checkpoint
+        print(json.dumps(validate_checkpoint(cfg, args.validate), indent=2, default=float))
+        return 0
     if args.stage == 'matching':
         from ..train.run import run_matching_stage
         if int(cfg['pretrain_matching']['steps']) <= 0:

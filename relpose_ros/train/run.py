@@ -130,3 +130,23 @@ def fit(cfg: Mapping[str, Any], resume: str | None = None, sequences: Mapping[st
     if trainer.is_global_zero:
         (out / 'summary.json').write_text(json.dumps(summary, indent=2, default=float) + '\n')
     return summary
+
+
+INFERENCE_KEYS = ('two_way', 'confidence')
+
+
+def validate_checkpoint(cfg: Mapping[str, Any], checkpoint: str, sequences: Mapping[str, Any] | None = None
+                        ) -> dict[str, Any]:
+    """Validation metrics of a trained checkpoint on ``cfg``'s validation pairs, with the config's inference
+    settings (``model.two_way``, ``model.confidence``) instead of the trained ones;
+    also the trivial predictor's. Nothing is trained."""
+    from ..models.regression.checkpoint import load_regression_model
+
+    dm, module, trainer = prepare(cfg, sequences)
+    if dm.val_pairs is None:
+        from ..errors import ConfigError
+        raise ConfigError('validating a checkpoint needs data.val')
+    module.model = load_regression_model(checkpoint, {k: cfg['model'][k] for k in INFERENCE_KEYS})
+    trainer.validate(module, datamodule=dm, verbose=False)
+    return {'checkpoint': str(checkpoint), **{k: cfg['model'][k] for k in INFERENCE_KEYS},
+            'trivial': dm.trivial_val_metrics(), 'metrics': module.history[-1]}
