@@ -65,22 +65,25 @@ class RegressionEstimator(Estimator):
                 'image_size': self.image_size, 'confidence': self.model.config['confidence'],
                 'two_way': self.model.config['two_way']}
 
-    def _gray(self, frame: Frame) -> torch.Tensor:
+    def _gray(self, frame: Frame) -> tuple[torch.Tensor, torch.Tensor]:
+        """(1, 1, H, W) network input in [0, 1] and the frame's intrinsics at that resolution (1, 3, 3)."""
         from ..train.data import network_size, to_gray
 
         size = network_size(self.image_size, frame.height, frame.width)
         gray = to_gray(frame.rgb, size)
-        return torch.from_numpy(gray).to(self.device, torch.float32).div_(255.0)[None, None]   # (1, 1, H, W)
+        K = np.diag([size[1] / frame.width, size[0] / frame.height, 1.0]) @ frame.K
+        return (torch.from_numpy(gray).to(self.device, torch.float32).div_(255.0)[None, None],
+                torch.from_numpy(K).to(self.device, torch.float32)[None])
 
     def prepare_reference(self, frame: Frame) -> Reference:
         frame.validate()
         timer = StageTimer()
         with torch.inference_mode():
             with timer('preprocess'):
-                gray = self._gray(frame)
+                gray, K = self._gray(frame)
             with timer('backbone'):
                 feat = self.model.extract(gray)            # (1, 256, H/8, W/8), position encoded
-        return Reference(frame=frame, features=feat, timings=timer.timings)
+        return Reference(frame=frame, features=(feat, K), timings=timer.timings)
 
     def estimate(self, reference: Reference, frame: Frame) -> PoseEstimate:
         frame.validate()
@@ -88,11 +91,12 @@ class RegressionEstimator(Estimator):
         try:
             with torch.inference_mode():
                 with timer('preprocess'):
-                    gray = self._gray(frame)
+                    gray, K_q = self._gray(frame)
                 with timer('backbone'):
                     feat_q = self.model.extract(gray)
                 with timer('regress'):
-                    out = self.model.forward_features(feat_q, reference.features)
+                    feat_r, K_r = reference.features
+                    out = self.model.forward_features(feat_q, feat_r, K=(K_q, K_r))
                     out = {k: v[0].float().cpu().numpy() for k, v in out.items()}
         except (RuntimeError, ValueError) as exc:
             return PoseEstimate.failure(f'regression forward failed: {exc}', timings=timer.timings)

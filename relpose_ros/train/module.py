@@ -167,7 +167,8 @@ class RegressionLitModule(L.LightningModule):
         else:
             both = self.model.extract(torch.cat([gq, gr]))
             fq, fr = both.chunk(2)
-        return self.model.forward_features(fq, fr, reference_rotation, two_way)
+        K = (batch['K_ref'], batch['K_ref']) if 'K_ref' in batch else None   # one camera per scene
+        return self.model.forward_features(fq, fr, reference_rotation, two_way, K)
 
     # ------------------------------------------------------------------ training / validation
     def training_step(self, batch, batch_idx):
@@ -180,6 +181,11 @@ class RegressionLitModule(L.LightningModule):
         out = self._run(batch, augment=True, reference_rotation=rotation)
         terms = pose_loss(out['quat'].float(), out['dir'].float(), out['scale_raw'].float(), quat_gt, t_gt,
                           weights=self.cfg['loss'])
+        if 'quat_first' in out:   # model.derotate: the first pass (whose rotation derotates) is trained too
+            first = pose_loss(out['quat_first'].float(), out['dir_first'].float(), out['scale_first'].float(),
+                              quat_gt, t_gt, weights=self.cfg['loss'])
+            terms['loss'] = terms['loss'] + first['loss']
+            self.log('train/loss_first', first['loss'], batch_size=len(t_gt))
         bs = batch['gray_q'].shape[0]
         self.log('train/loss', terms['loss'], prog_bar=True, batch_size=bs)
         for k in ('rot', 'dir', 'scale', 'centre'):

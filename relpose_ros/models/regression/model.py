@@ -21,7 +21,7 @@ from .calibration import calibration_factor
 from .head import PoseHead
 from .loftr import LoFTRCoarse
 from .matching import cmap_channels, hard_match_and_warp, match_confidence
-from .rotation_augment import rotate_reference_positions
+from .rotation_augment import compose_rotation, rotate_reference_positions
 from .two_way import TWO_WAY_CHOICES, fuse_two_way
 
 DEFAULT_MODEL_CONFIG: dict[str, Any] = {
@@ -40,6 +40,10 @@ DEFAULT_MODEL_CONFIG: dict[str, Any] = {
     # none | eval | always: also match reference -> query and average the inverted backward pose in
     # (two_way.py; not in the paper); eval = only when not training
     'two_way': 'none',
+    # second head pass on the map with the reference camera rotated by the first pass's rotation, so the match
+    # displacement left is translation parallax (needs the intrinsics and appearance_channels: false; not in the
+    # paper; see _derotated)
+    'derotate': False,
 }
 UNFREEZE_CHOICES = ('none', 'transformer', 'all')
 
@@ -51,6 +55,8 @@ def model_config(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     cfg = merge_config(DEFAULT_MODEL_CONFIG, overrides or {}, 'regression model')
     if cfg['unfreeze_loftr'] not in UNFREEZE_CHOICES:
         raise ConfigError(f"unfreeze_loftr must be one of {UNFREEZE_CHOICES}, got {cfg['unfreeze_loftr']!r}")
+    if cfg['derotate'] and cfg['appearance_channels']:
+        raise ConfigError('derotate changes only the match geometry: it needs appearance_channels: false')
     if cfg['two_way'] not in TWO_WAY_CHOICES:
         raise ConfigError(f"two_way must be one of {TWO_WAY_CHOICES}, got {cfg['two_way']!r}")
     size = cfg['image_size']
@@ -103,11 +109,13 @@ class RegressionModel(nn.Module):
 
     def forward_features(self, feat_q: torch.Tensor, feat_r: torch.Tensor,
                          reference_rotation: tuple[torch.Tensor, torch.Tensor] | None = None,
-                         two_way: bool | None = None) -> dict[str, torch.Tensor]:
+                         two_way: bool | None = None,
+                         K: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """Pose from the two images' coarse CNN features (B, C, h, w) (query first).
 
         ``two_way``: fuse the reference->query pose in (True) or not (False); None = as ``config['two_way']``
-        says for the current training / evaluation mode.
+        says for the current training / evaluation mode. ``K``: (K_query, K_ref) (B, 3, 3) at network resolution,
+        required by ``derotate``.
 
         ``reference_rotation`` (training augmentation, geometry-only head): (R_a (B, 3, 3), K (B, 3, 3) of the
         reference at network resolution): the matched reference positions are those of the reference camera
@@ -119,11 +127,14 @@ class RegressionModel(nn.Module):
         else:
             tok_q, tok_r = self.loftr.attend(feat_q, feat_r)
         hw_q, hw_r = tuple(feat_q.shape[2:]), tuple(feat_r.shape[2:])
-        out, stats = self._one_way(tok_q, tok_r, hw_q, hw_r, reference_rotation, 'pos_b')
+        if self.config['derotate'] and K is None:
+            raise ConfigError('derotate needs the intrinsics of both images (K)')
+        K_q, K_r = K if K is not None else (None, None)
+        out, stats = self._one_way(tok_q, tok_r, hw_q, hw_r, reference_rotation, 'pos_b', K_r)
         confidence = match_confidence(stats, self.config['confidence'])
         mutual, softmax_conf = stats['mutual'].float().mean(dim=1), stats['softmax_conf'].mean(dim=1)
         if self.uses_two_way if two_way is None else two_way:   # reference cells matched into the query: T_query_from_ref, inverted and averaged
-            back, stats_b = self._one_way(tok_r, tok_q, hw_r, hw_q, reference_rotation, 'pos_a')
+            back, stats_b = self._one_way(tok_r, tok_q, hw_r, hw_q, reference_rotation, 'pos_a', K_q)
             out = {**out, **fuse_two_way(out, back)}
             confidence = 0.5 * (confidence + match_confidence(stats_b, self.config['confidence']))
             mutual = 0.5 * (mutual + stats_b['mutual'].float().mean(dim=1))
@@ -141,17 +152,35 @@ class RegressionModel(nn.Module):
         return mode == 'always' or (mode == 'eval' and not self.training)
 
     def _one_way(self, tok_a: torch.Tensor, tok_b: torch.Tensor, hw_a: tuple[int, int], hw_b: tuple[int, int],
-                 reference_rotation: tuple[torch.Tensor, torch.Tensor] | None, reference_channel: str
-                 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+                 reference_rotation: tuple[torch.Tensor, torch.Tensor] | None, reference_channel: str,
+                 K_b: torch.Tensor | None = None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Head outputs (pose of camera A in camera B's frame) and match statistics of A's cells matched into B.
         ``reference_channel``: the map's reference positions ('pos_b' when A is the query, 'pos_a' when A is
-        the reference), the ones a ``reference_rotation`` moves."""
+        the reference), the ones a ``reference_rotation`` moves. ``K_b``: B's intrinsics (``derotate``)."""
         cmap, stats = hard_match_and_warp(tok_a, tok_b, hw_a, hw_b, float(self.config['temperature']),
                                           bool(self.config['subcell_positions']))
         if reference_rotation is not None:
             ref_hw = hw_b if reference_channel == 'pos_b' else hw_a
             cmap = self._rotate_reference(cmap, *reference_rotation, ref_hw, reference_channel)
-        return self.head(self.head_input(cmap)), stats
+        out = self.head(self.head_input(cmap))
+        if self.config['derotate']:
+            out = self._derotated(cmap, out, K_b, hw_b)
+        return out, stats
+
+    def _derotated(self, cmap: torch.Tensor, first: dict[str, torch.Tensor], K_b: torch.Tensor,
+                   hw_b: tuple[int, int]) -> dict[str, torch.Tensor]:
+        """Second pass: camera B virtually rotated by R_a = R̂ᵀ (R̂ = the first pass's R_B_from_A, detached), so
+        the displacement of the matches left is (mostly) translation parallax; the head's pose (R', c') of A in
+        the rotated B is mapped back exactly: R = R_aᵀ R', c = R_aᵀ c' (rotation_augment.py, the same algebra as
+        the training rotation). The first pass's outputs are kept as ``*_first`` (the loss trains both)."""
+        from kornia.geometry.conversions import quaternion_to_rotation_matrix
+
+        R_a = quaternion_to_rotation_matrix(first['quat'].detach()).transpose(1, 2)        # (B, 3, 3)
+        second = self.head(self.head_input(self._rotate_reference(cmap, R_a, K_b, hw_b, 'pos_b')))
+        quat, centre = compose_rotation(R_a.transpose(1, 2), second['quat'], second['dir'] * second['scale'][:, None])
+        scale = centre.norm(dim=1)
+        return {'quat': quat, 'dir': centre / scale[:, None].clamp(min=1e-9), 'scale': scale,
+                **{f'{k}_first': v for k, v in first.items()}}
 
     def _rotate_reference(self, cmap: torch.Tensor, R_a: torch.Tensor, K: torch.Tensor,
                           ref_hw: tuple[int, int], channel: str = 'pos_b') -> torch.Tensor:

@@ -54,11 +54,17 @@ def rotate_reference_positions(pos_r: torch.Tensor, R_a: torch.Tensor, K: torch.
     return pixels_to_cell_grid(px_new, h, w, stride)
 
 
-def rotate_reference_targets(quat: torch.Tensor, centre: torch.Tensor, R_a: torch.Tensor
-                             ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Targets (quat (B, 4) w,x,y,z of R_ref_from_query, centre (B, 3)) for the rotated reference camera:
-    R' = R_a R (returned with w >= 0), c' = R_a c."""
+def compose_rotation(R_a: torch.Tensor, quat: torch.Tensor, centre: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pose (quat (B, 4) w,x,y,z of R_ref_from_query, centre (B, 3)) in the reference camera rotated by R_a
+    (B, 3, 3): R' = R_a R (returned with w >= 0), c' = R_a c."""
     R_new = R_a @ quaternion_to_rotation_matrix(quat)
     q = rotation_matrix_to_quaternion(R_new.contiguous())
     q = torch.where(q[:, :1] < 0, -q, q)
     return q, (R_a @ centre[:, :, None])[:, :, 0]
+
+
+def rotate_reference_targets(quat: torch.Tensor, centre: torch.Tensor, R_a: torch.Tensor
+                             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Targets for the reference camera rotated by R_a: :func:`compose_rotation`."""
+    return compose_rotation(R_a, quat, centre)
