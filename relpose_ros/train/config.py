@@ -25,6 +25,8 @@ DEFAULT_TRAIN_CONFIG: dict[str, Any] = {
         'pairs': {'mode': 'gap', 'min_gap': 5, 'max_gap': 40, 'min_overlap': 0.3, 'max_overlap': 0.95},
         'pairs_per_epoch': 1000,
         'val_num_pairs': 200,
+        'subset_seed': None,    # seed of the fixed validation / calibration pair subsets; None = the run's seed
+                                # (set it to compare runs with other seeds on the same pairs)
         'batch_size': 8,
         'num_workers': 0,
         'augment': True,        # photometric: brightness, contrast, gamma, noise (training only)

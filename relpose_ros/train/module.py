@@ -68,11 +68,12 @@ class PairDataModule(L.LightningDataModule):
         self.val_scenes = self._load(d['val'], n_train) if d['val'] else []
         n_val = sum(len(s.poses) for s in self.val_scenes)
         self.calib_scenes = self._load(d['calib'], n_train + n_val) if d['calib'] else []
+        pick_seed = self.cfg['seed'] if d['subset_seed'] is None else d['subset_seed']
         self.calib_pairs = (D.fixed_subset(D.build_pairs(self.calib_scenes, d['pairs']), d['calib_num_pairs'],
-                                           self.cfg['seed']) if self.calib_scenes else None)
+                                           pick_seed) if self.calib_scenes else None)
         self.train_pairs = D.build_pairs(self.train_scenes, d['pairs'])
         self.val_pairs = (D.fixed_subset(D.build_pairs(self.val_scenes, d['pairs']), d['val_num_pairs'],
-                                         self.cfg['seed']) if self.val_scenes else None)
+                                         pick_seed) if self.val_scenes else None)
         targets = [D.pair_targets(self.train_scenes[s], q, r) for s, q, r in self.train_pairs]
         self.trivial_pose = D.mean_pose(np.stack([t[0] for t in targets]), np.stack([t[1] for t in targets]))
         log.info('training pairs: %d in %d scenes; validation pairs: %s', len(self.train_pairs),
