@@ -165,18 +165,22 @@ def test_training_with_mirror_cache_and_centre_loss(tmp_path, synthetic):
 
 
 @pytest.mark.parametrize('name', ['7scenes_cpu', '7scenes_cpu_matching', '7scenes_cpu_geometry',
-                                  '7scenes_cpu_calibrated', '7scenes_cpu_rotation', '7scenes_gpu'])
+                                  '7scenes_cpu_calibrated', '7scenes_cpu_rotation', '7scenes_cpu_derotate',
+                                  '7scenes_gpu'])
 def test_shipped_training_configs_load(name):
     from pathlib import Path
     from relpose_ros.train.config import load_train_config
     path = Path(__file__).resolve().parents[1] / 'config' / 'train' / f'{name}.yaml'
     cfg = load_train_config(path)
     assert cfg['data']['train'] and cfg['data']['val']
-    if name in ('7scenes_cpu_geometry', '7scenes_cpu_rotation'):
+    if name in ('7scenes_cpu_geometry', '7scenes_cpu_rotation', '7scenes_cpu_derotate'):
         assert cfg['model']['subcell_positions'] and not cfg['model']['appearance_channels']
         assert cfg['loss']['centre'] == 1.0 and cfg['pretrain_matching']['steps'] > 0
-    if name == '7scenes_cpu_rotation':
+    if name in ('7scenes_cpu_rotation', '7scenes_cpu_derotate'):
         assert cfg['data']['rotate_reference_deg'] == 10.0
+    if name == '7scenes_cpu_derotate':                 # run 7
+        assert cfg['model']['derotate'] and cfg['model']['two_way'] == 'eval' and cfg['data']['mirror']
+        assert cfg['optim']['schedule'] == 'cosine'
     if name == '7scenes_cpu_calibrated':               # calibration frames lie between training and validation
         train, calib, val = (cfg['data'][k][0]['frames'] for k in ('train', 'calib', 'val'))
         assert train[1] <= calib[0] and calib[1] <= val[0] and cfg['train']['scale_calibration'] == 'scalar'

@@ -103,6 +103,7 @@ def run(args) -> dict:
     result = {
         'device': str(device), 'threads': torch.get_num_threads(), 'size': list(args.size), 'frames': len(live),
         'source': source, 'checkpoint': args.checkpoint or 'random weights', 'two_way': est.model.config['two_way'],
+        'derotate': bool(est.model.config['derotate']),
         'prepare_reference_ms': 1e3 * prepare_s,
         'live_cached': _ms(cached), 'live_uncached': _ms(uncached),
         'stages_ms': {k: 1e3 * statistics.median(v) for k, v in stages.items()},
@@ -112,7 +113,7 @@ def run(args) -> dict:
     result['train_step_transformer'] = _train_step_time(args.size, args.batch, args.steps, 'transformer', device)
     tmp.cleanup()
     print(f"regression backend, {result['device']} ({result['threads']} threads), input {args.size[0]}x{args.size[1]},"
-          f" {len(live)} {source} frames, two_way {result['two_way']}")
+          f" {len(live)} {source} frames, two_way {result['two_way']}, derotate {result['derotate']}")
     print(f"  prepare_reference            {result['prepare_reference_ms']:8.1f} ms")
     print(f"  live frame, cached reference {result['live_cached']['median_ms']:8.1f} ms (median)")
     print(f"  live frame, uncached         {result['live_uncached']['median_ms']:8.1f} ms (median)  "
