@@ -3,8 +3,9 @@
 Reference caching: the reference's LoFTR CNN features (backbone + positional encoding) are computed once in
 ``prepare_reference``. The coarse transformer attends across both images, so it, the matching and the head run
 per live frame. Output: the network regresses T_ref_from_query (the query camera's pose in the reference frame);
-``estimate`` returns its inverse, T_query_from_ref, as every estimator does. Intrinsics are not used (the
-network learned them implicitly from its training data: train on data from a similar camera).
+``estimate`` returns its inverse, T_query_from_ref, as every estimator does. The network itself learned the
+camera implicitly from its training data (train on data from a similar camera); only a head trained with
+``derotate`` uses the frames' intrinsics (scaled to the network resolution) for its derotated second pass.
 """
 from __future__ import annotations
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from kornia.geometry.conversions import quaternion_to_rotation_matrix
 from torch import nn
 
 from ...errors import ConfigError
@@ -133,7 +134,8 @@ class RegressionModel(nn.Module):
         out, stats = self._one_way(tok_q, tok_r, hw_q, hw_r, reference_rotation, 'pos_b', K_r)
         confidence = match_confidence(stats, self.config['confidence'])
         mutual, softmax_conf = stats['mutual'].float().mean(dim=1), stats['softmax_conf'].mean(dim=1)
-        if self.uses_two_way if two_way is None else two_way:   # reference cells matched into the query: T_query_from_ref, inverted and averaged
+        fuse = self.uses_two_way if two_way is None else two_way
+        if fuse:   # reference cells matched into the query: T_query_from_ref, inverted and averaged in
             back, stats_b = self._one_way(tok_r, tok_q, hw_r, hw_q, reference_rotation, 'pos_a', K_q)
             out = {**out, **fuse_two_way(out, back)}
             confidence = 0.5 * (confidence + match_confidence(stats_b, self.config['confidence']))
@@ -173,11 +175,10 @@ class RegressionModel(nn.Module):
         the displacement of the matches left is (mostly) translation parallax; the head's pose (R', c') of A in
         the rotated B is mapped back exactly: R = R_aᵀ R', c = R_aᵀ c' (rotation_augment.py, the same algebra as
         the training rotation). The first pass's outputs are kept as ``*_first`` (the loss trains both)."""
-        from kornia.geometry.conversions import quaternion_to_rotation_matrix
-
         R_a = quaternion_to_rotation_matrix(first['quat'].detach()).transpose(1, 2)        # (B, 3, 3)
         second = self.head(self.head_input(self._rotate_reference(cmap, R_a, K_b, hw_b, 'pos_b')))
-        quat, centre = compose_rotation(R_a.transpose(1, 2), second['quat'], second['dir'] * second['scale'][:, None])
+        centre_rot = second['dir'] * second['scale'][:, None]                             # (B, 3) c'
+        quat, centre = compose_rotation(R_a.transpose(1, 2), second['quat'], centre_rot)
         scale = centre.norm(dim=1)
         return {'quat': quat, 'dir': centre / scale[:, None].clamp(min=1e-9), 'scale': scale,
                 **{f'{k}_first': v for k, v in first.items()}}
