@@ -222,7 +222,9 @@ def test_scale_calibration_is_fitted_on_the_calib_pairs_and_carried_by_the_check
     summary = fit(cfg, sequences=seqs)
     row = summary['final']
     module_a = row['calib_a']
-    assert module_a > 0 and row['calib_b'] == 0.0 and module_a != pytest.approx(1.0)
+    # a >= 0 (0 when the tiny head's directions oppose the truth, as with 2 threads here): either way not the
+    # identity factor, and the checks below tell a carried factor from a lost one (scale = a * raw, not raw)
+    assert module_a >= 0 and row['calib_b'] == 0.0 and module_a != pytest.approx(1.0)
     assert 'raw_centre_med_m' in row and row['centre_med_m'] != row['raw_centre_med_m']
 
     # the checkpoint's buffer is the fit on the calibration pairs (recomputed here from the backend's raw outputs)
