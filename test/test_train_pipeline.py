@@ -179,7 +179,7 @@ def test_shipped_training_configs_load(name):
     if name in ('7scenes_cpu_rotation', '7scenes_cpu_derotate'):
         assert cfg['data']['rotate_reference_deg'] == 10.0
     if name == '7scenes_cpu_derotate':                 # run 7
-        assert cfg['model']['derotate'] and cfg['model']['two_way'] == 'eval' and cfg['data']['mirror']
+        assert cfg['model']['derotate'] and cfg['model']['two_way'] == 'always' and cfg['data']['mirror']
         assert cfg['optim']['schedule'] == 'cosine'
     if name == '7scenes_cpu_calibrated':               # calibration frames lie between training and validation
         train, calib, val = (cfg['data'][k][0]['frames'] for k in ('train', 'calib', 'val'))
