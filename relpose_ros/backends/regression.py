@@ -68,11 +68,12 @@ class RegressionEstimator(Estimator):
 
     def _gray(self, frame: Frame) -> tuple[torch.Tensor, torch.Tensor]:
         """(1, 1, H, W) network input in [0, 1] and the frame's intrinsics at that resolution (1, 3, 3)."""
+        from ..geometry import resize_intrinsics
         from ..train.data import network_size, to_gray
 
         size = network_size(self.image_size, frame.height, frame.width)
         gray = to_gray(frame.rgb, size)
-        K = np.diag([size[1] / frame.width, size[0] / frame.height, 1.0]) @ frame.K
+        K = resize_intrinsics(frame.K, (frame.width, frame.height), (size[1], size[0]))
         return (torch.from_numpy(gray).to(self.device, torch.float32).div_(255.0)[None, None],
                 torch.from_numpy(K).to(self.device, torch.float32)[None])
 

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..data.sequence import Sequence
 from ..errors import ConfigError, DatasetError
-from ..geometry import relative_pose
+from ..geometry import relative_pose, resize_intrinsics
 from ..models.regression.model import T_to_targets
 
 log = logging.getLogger(__name__)
@@ -169,7 +169,7 @@ def network_K(scene: LoadedScene) -> np.ndarray:
     if scene.K is None or scene.image_hw is None:
         raise DatasetError(f'{scene.name}: frames have no intrinsics')
     h, w = scene.gray.shape[1:]
-    return np.diag([w / scene.image_hw[1], h / scene.image_hw[0], 1.0]) @ np.asarray(scene.K, dtype=np.float64)
+    return resize_intrinsics(scene.K, (scene.image_hw[1], scene.image_hw[0]), (w, h))
 
 
 class PairDataset(Dataset):

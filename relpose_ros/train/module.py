@@ -158,8 +158,7 @@ class RegressionLitModule(L.LightningModule):
         return len(self._feature_cache)
 
     def _run(self, batch: dict[str, torch.Tensor], augment: bool,
-             reference_rotation: tuple[torch.Tensor, torch.Tensor] | None = None,
-             two_way: bool | None = None) -> dict[str, torch.Tensor]:
+             reference_rotation: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         gq, gr = batch['gray_q'], batch['gray_r']
         if augment and self.augment is not None:
             gq, gr = self.augment(gq).clamp(0, 1), self.augment(gr).clamp(0, 1)
@@ -169,7 +168,7 @@ class RegressionLitModule(L.LightningModule):
             both = self.model.extract(torch.cat([gq, gr]))
             fq, fr = both.chunk(2)
         K = (batch['K_ref'], batch['K_ref']) if 'K_ref' in batch else None   # one camera per scene
-        return self.model.forward_features(fq, fr, reference_rotation, two_way, K)
+        return self.model.forward_features(fq, fr, reference_rotation, K)
 
     # ------------------------------------------------------------------ training / validation
     def training_step(self, batch, batch_idx):
@@ -202,9 +201,8 @@ class RegressionLitModule(L.LightningModule):
         keep = {k: out[k] for k in ('quat', 'dir', 'scale_raw', 'confidence')}
         keep.update(mutual=out['mutual_fraction'], softmax=out['softmax_conf'], quat_gt=batch['quat_gt'],
                     t_gt=batch['t_gt'])
-        if self.model.uses_two_way:   # the one-way pose too, to measure what the fusion changes
-            one = self._run(batch, augment=False, two_way=False)
-            keep.update({f'one_way_{k}': one[k].float() for k in ('quat', 'dir', 'scale_raw')})
+        if 'one_way_quat' in out:   # two-way fusion ran: its forward pose too, to measure what the fusion changes
+            keep.update({k: out[k] for k in ('one_way_quat', 'one_way_dir', 'one_way_scale_raw')})
         self._val_outputs.append({k: v.detach().cpu().numpy() for k, v in keep.items()})
 
     @torch.no_grad()

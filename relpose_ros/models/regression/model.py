@@ -110,34 +110,33 @@ class RegressionModel(nn.Module):
 
     def forward_features(self, feat_q: torch.Tensor, feat_r: torch.Tensor,
                          reference_rotation: tuple[torch.Tensor, torch.Tensor] | None = None,
-                         two_way: bool | None = None,
                          K: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """Pose from the two images' coarse CNN features (B, C, h, w) (query first).
 
-        ``two_way``: fuse the reference->query pose in (True) or not (False); None = as ``config['two_way']``
-        says for the current training / evaluation mode. ``K``: (K_query, K_ref) (B, 3, 3) at network resolution,
-        required by ``derotate``.
+        ``K``: (K_query, K_ref) (B, 3, 3) at network resolution, required by ``derotate``. When the two-way
+        fusion runs (:attr:`uses_two_way`), the forward pose before fusion is also returned as ``one_way_quat``,
+        ``one_way_dir`` and ``one_way_scale_raw``.
 
         ``reference_rotation`` (training augmentation, geometry-only head): (R_a (B, 3, 3), K (B, 3, 3) of the
         reference at network resolution): the matched reference positions are those of the reference camera
         rotated by R_a (models/regression/rotation_augment.py); the caller rotates the targets.
         """
+        if self.config['derotate'] and K is None:
+            raise ConfigError('derotate needs the intrinsics of both images (K)')
         if self.config['unfreeze_loftr'] == 'none':
             with torch.no_grad():
                 tok_q, tok_r = self.loftr.attend(feat_q, feat_r)
         else:
             tok_q, tok_r = self.loftr.attend(feat_q, feat_r)
         hw_q, hw_r = tuple(feat_q.shape[2:]), tuple(feat_r.shape[2:])
-        if self.config['derotate'] and K is None:
-            raise ConfigError('derotate needs the intrinsics of both images (K)')
         K_q, K_r = K if K is not None else (None, None)
         out, stats = self._one_way(tok_q, tok_r, hw_q, hw_r, reference_rotation, 'pos_b', K_r)
         confidence = match_confidence(stats, self.config['confidence'])
         mutual, softmax_conf = stats['mutual'].float().mean(dim=1), stats['softmax_conf'].mean(dim=1)
-        fuse = self.uses_two_way if two_way is None else two_way
-        if fuse:   # reference cells matched into the query: T_query_from_ref, inverted and averaged in
+        if self.uses_two_way:   # reference cells matched into the query: T_query_from_ref, inverted and averaged in
             back, stats_b = self._one_way(tok_r, tok_q, hw_r, hw_q, reference_rotation, 'pos_a', K_q)
-            out = {**out, **fuse_two_way(out, back)}
+            one_way = {'one_way_quat': out['quat'], 'one_way_dir': out['dir'], 'one_way_scale_raw': out['scale']}
+            out = {**out, **one_way, **fuse_two_way(out, back)}
             confidence = 0.5 * (confidence + match_confidence(stats_b, self.config['confidence']))
             mutual = 0.5 * (mutual + stats_b['mutual'].float().mean(dim=1))
             softmax_conf = 0.5 * (softmax_conf + stats_b['softmax_conf'].mean(dim=1))
